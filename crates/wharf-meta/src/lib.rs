@@ -1,1 +1,184 @@
-//! placeholder
+//! Registry metadata: repositories, blob visibility, manifests and the blobs and
+//! child manifests they reference, tags, referrers and upload sessions.
+//!
+//! The [`MetaStore`] trait is what the core is written against; [`sqlite`] is the
+//! embedded backend. Catalog, tag listing, reference checks and (later) garbage
+//! collection are queries here, never walks of the blob store.
+
+use wharf_oci::{Digest, RepoName, Tag};
+
+pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A manifest names a blob the repository cannot see.
+    #[error("blob {0} is not known in this repository")]
+    MissingBlob(Digest),
+    /// An index names a manifest the repository does not hold.
+    #[error("manifest {0} is not known in this repository")]
+    MissingManifest(Digest),
+    /// The record changed under the caller (e.g. an upload's offset moved).
+    #[error("conflicting concurrent change")]
+    Conflict,
+    #[error("metadata backend error: {0}")]
+    Backend(String),
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+    /// The artifact type a referrers listing reports.
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    /// The manifest's annotations as a JSON object, for referrers listings.
+    pub annotations: Option<String>,
+}
+
+/// What a new manifest references; checked and recorded in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestRefs {
+    pub blobs: Vec<Digest>,
+    pub children: Vec<Digest>,
+}
+
+/// A manifest that names another as its `subject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// An upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub repo: RepoName,
+    /// Bytes received and durable so far.
+    pub size: u64,
+    /// The digest hasher's saved state after `size` bytes; `None` means re-hash.
+    pub hash_state: Option<Vec<u8>>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One page of a sorted listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// Whether items exist after the last one returned.
+    pub more: bool,
+}
+
+/// Metadata storage.
+///
+/// Contract, proven for every backend by [`testsuite`]:
+/// - Every method is atomic: it happens whole or not at all, and a concurrent
+///   caller never sees half of it.
+/// - Listings are sorted by byte-wise string order and paginate with an
+///   exclusive `last` bound.
+/// - A repository exists once anything was recorded in it; it is listed in the
+///   catalog while it holds at least one manifest.
+#[async_trait::async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Records that committed blob `digest` (of `size` bytes) is visible in
+    /// `repo`. Idempotent.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64)
+    -> Result<(), MetaError>;
+
+    /// The blob's size if `repo` may see it.
+    async fn blob_in_repo(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, MetaError>;
+
+    /// The blob's size if any repository links it.
+    async fn blob_known(&self, digest: &Digest) -> Result<Option<u64>, MetaError>;
+
+    /// Removes `repo`'s link to a blob. Returns whether there was one.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError>;
+
+    /// Stores a manifest (replacing nothing if the digest is already there) and,
+    /// if given, points `tag` at it. In the same transaction, every blob in
+    /// `refs.blobs` must be linked in `repo` (else `MissingBlob`) and every
+    /// manifest in `refs.children` must be in `repo` (else `MissingManifest`);
+    /// on error nothing is stored.
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        manifest: &ManifestRecord,
+        refs: &ManifestRefs,
+        tag: Option<&Tag>,
+    ) -> Result<(), MetaError>;
+
+    /// The manifest a tag points at.
+    async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
+
+    async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError>;
+
+    /// Deletes a manifest, the tags that point at it and its reference edges.
+    /// Returns whether it existed.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError>;
+
+    /// Deletes one tag. Returns whether it existed.
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
+
+    /// Tags of `repo` after `last`, at most `n`. `None` if the repository holds
+    /// no manifest.
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Option<Page>, MetaError>;
+
+    /// Repositories holding at least one manifest, after `last`, at most `n`.
+    async fn list_repositories(&self, last: Option<&str>, n: usize) -> Result<Page, MetaError>;
+
+    /// Manifests in `repo` whose subject is `subject`, optionally only those of
+    /// one artifact type, ordered by digest.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetaError>;
+
+    /// Records a new, empty upload session.
+    async fn create_upload(&self, upload: &Upload) -> Result<(), MetaError>;
+
+    async fn get_upload(&self, id: &str) -> Result<Option<Upload>, MetaError>;
+
+    /// Moves an upload from `from_size` to `to_size` bytes with a new hash state.
+    /// `Conflict` if its size is no longer `from_size` or it is gone.
+    async fn advance_upload(
+        &self,
+        id: &str,
+        from_size: u64,
+        to_size: u64,
+        hash_state: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(), MetaError>;
+
+    /// Removes an upload session. Returns whether it existed.
+    async fn delete_upload(&self, id: &str) -> Result<bool, MetaError>;
+
+    /// Ids of uploads not updated since `before_ms`.
+    async fn stale_uploads(&self, before_ms: i64) -> Result<Vec<String>, MetaError>;
+}

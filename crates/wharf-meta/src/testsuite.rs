@@ -1,0 +1,316 @@
+//! The contract suite every [`MetaStore`] backend runs unchanged, on a fresh,
+//! empty store.
+
+use wharf_oci::{Digest, RepoName, Tag};
+
+use crate::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Upload};
+
+fn name(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+fn manifest(body: &str, subject: Option<&Digest>, artifact_type: Option<&str>) -> ManifestRecord {
+    ManifestRecord {
+        digest: Digest::sha256_of(body.as_bytes()),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        content: body.as_bytes().to_vec(),
+        artifact_type: artifact_type.map(str::to_owned),
+        subject: subject.cloned(),
+        annotations: Some(r#"{"k":"v"}"#.into()),
+    }
+}
+
+pub async fn run_all(meta: &dyn MetaStore) {
+    blobs(meta).await;
+    manifests_need_their_references(meta).await;
+    tags_and_deletes(meta).await;
+    listings_paginate(meta).await;
+    referrers(meta).await;
+    uploads(meta).await;
+}
+
+pub async fn blobs(meta: &dyn MetaStore) {
+    let (a, b) = (name("blobs/a"), name("blobs/b"));
+    let d = Digest::sha256_of(b"blob");
+    assert_eq!(meta.blob_known(&d).await.unwrap(), None);
+    meta.link_blob(&a, &d, 4).await.unwrap();
+    meta.link_blob(&a, &d, 4).await.unwrap(); // idempotent
+    assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), Some(4));
+    assert_eq!(meta.blob_in_repo(&b, &d).await.unwrap(), None);
+    assert_eq!(meta.blob_known(&d).await.unwrap(), Some(4));
+    meta.link_blob(&b, &d, 4).await.unwrap();
+    assert!(meta.unlink_blob(&a, &d).await.unwrap());
+    assert!(!meta.unlink_blob(&a, &d).await.unwrap());
+    assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), None);
+    assert_eq!(meta.blob_in_repo(&b, &d).await.unwrap(), Some(4));
+    meta.unlink_blob(&b, &d).await.unwrap();
+    assert_eq!(meta.blob_known(&d).await.unwrap(), None);
+}
+
+pub async fn manifests_need_their_references(meta: &dyn MetaStore) {
+    let repo = name("refs/app");
+    let layer = Digest::sha256_of(b"layer");
+    let m = manifest("image", None, None);
+    let refs = ManifestRefs {
+        blobs: vec![layer.clone()],
+        children: vec![],
+    };
+    assert!(matches!(
+        meta.put_manifest(&repo, &m, &refs, Some(&tag("v1"))).await,
+        Err(MetaError::MissingBlob(d)) if d == layer
+    ));
+    // Nothing of the failed put is visible.
+    assert_eq!(
+        meta.manifest_by_digest(&repo, &m.digest).await.unwrap(),
+        None
+    );
+    assert_eq!(meta.manifest_by_tag(&repo, &tag("v1")).await.unwrap(), None);
+    // A blob visible only in another repository does not count.
+    meta.link_blob(&name("refs/other"), &layer, 5)
+        .await
+        .unwrap();
+    assert!(meta.put_manifest(&repo, &m, &refs, None).await.is_err());
+    meta.link_blob(&repo, &layer, 5).await.unwrap();
+    meta.put_manifest(&repo, &m, &refs, Some(&tag("v1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_by_tag(&repo, &tag("v1")).await.unwrap(),
+        Some(m.clone())
+    );
+    assert_eq!(
+        meta.manifest_by_digest(&repo, &m.digest).await.unwrap(),
+        Some(m.clone())
+    );
+    // Putting it again is fine.
+    meta.put_manifest(&repo, &m, &refs, Some(&tag("v1")))
+        .await
+        .unwrap();
+
+    let index = manifest("index", None, None);
+    let missing = Digest::sha256_of(b"no such child");
+    let bad = ManifestRefs {
+        blobs: vec![],
+        children: vec![m.digest.clone(), missing.clone()],
+    };
+    assert!(matches!(
+        meta.put_manifest(&repo, &index, &bad, None).await,
+        Err(MetaError::MissingManifest(d)) if d == missing
+    ));
+    let good = ManifestRefs {
+        blobs: vec![],
+        children: vec![m.digest.clone()],
+    };
+    meta.put_manifest(&repo, &index, &good, Some(&tag("multi")))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_by_tag(&repo, &tag("multi")).await.unwrap(),
+        Some(index)
+    );
+}
+
+pub async fn tags_and_deletes(meta: &dyn MetaStore) {
+    let repo = name("tags/app");
+    let m1 = manifest("one", None, None);
+    let m2 = manifest("two", None, None);
+    let none = ManifestRefs::default();
+    meta.put_manifest(&repo, &m1, &none, Some(&tag("a")))
+        .await
+        .unwrap();
+    meta.put_manifest(&repo, &m1, &none, Some(&tag("b")))
+        .await
+        .unwrap();
+    meta.put_manifest(&repo, &m2, &none, Some(&tag("c")))
+        .await
+        .unwrap();
+    // Moving a tag.
+    meta.put_manifest(&repo, &m2, &none, Some(&tag("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_by_tag(&repo, &tag("b"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        m2.digest
+    );
+    // Deleting a tag removes only that tag.
+    assert!(meta.delete_tag(&repo, &tag("c")).await.unwrap());
+    assert!(!meta.delete_tag(&repo, &tag("c")).await.unwrap());
+    assert!(
+        meta.manifest_by_digest(&repo, &m2.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        meta.manifest_by_tag(&repo, &tag("b"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        m2.digest
+    );
+    // Deleting a manifest removes the tags pointing at it.
+    assert!(meta.delete_manifest(&repo, &m2.digest).await.unwrap());
+    assert!(!meta.delete_manifest(&repo, &m2.digest).await.unwrap());
+    assert_eq!(meta.manifest_by_tag(&repo, &tag("b")).await.unwrap(), None);
+    let tags = meta.list_tags(&repo, None, 100).await.unwrap().unwrap();
+    assert_eq!(tags.items, vec!["a"]);
+    // Unknown repository.
+    assert_eq!(
+        meta.list_tags(&name("tags/none"), None, 10).await.unwrap(),
+        None
+    );
+    assert!(
+        !meta
+            .delete_tag(&name("tags/none"), &tag("a"))
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn listings_paginate(meta: &dyn MetaStore) {
+    let none = ManifestRefs::default();
+    let names = ["list/b", "list/a", "list/a-b", "list/a/b", "list/c"];
+    for (i, n) in names.iter().enumerate() {
+        let m = manifest(&format!("list {i}"), None, None);
+        meta.put_manifest(&name(n), &m, &none, Some(&tag("latest")))
+            .await
+            .unwrap();
+    }
+    // A repository with only blobs is not listed.
+    meta.link_blob(&name("list/blobonly"), &Digest::sha256_of(b"bo"), 2)
+        .await
+        .unwrap();
+    let all = meta.list_repositories(Some("list/"), 100).await.unwrap();
+    let ours: Vec<_> = all
+        .items
+        .iter()
+        .filter(|n| n.starts_with("list/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        ours,
+        vec!["list/a", "list/a-b", "list/a/b", "list/b", "list/c"]
+    );
+    let p1 = meta.list_repositories(Some("list/"), 2).await.unwrap();
+    assert_eq!(p1.items, vec!["list/a", "list/a-b"]);
+    assert!(p1.more);
+    let p2 = meta.list_repositories(Some("list/a-b"), 2).await.unwrap();
+    assert_eq!(p2.items, vec!["list/a/b", "list/b"]);
+    let p3 = meta.list_repositories(Some("list/b"), 100).await.unwrap();
+    assert_eq!(p3.items.first().map(String::as_str), Some("list/c"));
+
+    let repo = name("list/tags");
+    let m = manifest("tagged", None, None);
+    for t in ["v10", "v2", "V1", "latest", "_x"] {
+        meta.put_manifest(&repo, &m, &none, Some(&tag(t)))
+            .await
+            .unwrap();
+    }
+    let all = meta.list_tags(&repo, None, 100).await.unwrap().unwrap();
+    assert_eq!(all.items, vec!["V1", "_x", "latest", "v10", "v2"]);
+    assert!(!all.more);
+    let p = meta.list_tags(&repo, Some("_x"), 2).await.unwrap().unwrap();
+    assert_eq!(p.items, vec!["latest", "v10"]);
+    assert!(p.more);
+    let p = meta.list_tags(&repo, None, 0).await.unwrap().unwrap();
+    assert!(p.items.is_empty() && p.more);
+}
+
+pub async fn referrers(meta: &dyn MetaStore) {
+    let repo = name("referrers/app");
+    let none = ManifestRefs::default();
+    let subject = manifest("subject", None, None);
+    meta.put_manifest(&repo, &subject, &none, Some(&tag("v1")))
+        .await
+        .unwrap();
+    let sig = manifest(
+        "sig",
+        Some(&subject.digest),
+        Some("application/vnd.example.sig"),
+    );
+    let sbom = manifest(
+        "sbom",
+        Some(&subject.digest),
+        Some("application/vnd.example.sbom"),
+    );
+    meta.put_manifest(&repo, &sig, &none, None).await.unwrap();
+    meta.put_manifest(&repo, &sbom, &none, None).await.unwrap();
+    // The same subject digest in another repository is not a referrer here.
+    meta.put_manifest(
+        &name("referrers/other"),
+        &manifest("elsewhere", Some(&subject.digest), None),
+        &none,
+        None,
+    )
+    .await
+    .unwrap();
+    let all = meta.referrers(&repo, &subject.digest, None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let mut expected = vec![sig.digest.clone(), sbom.digest.clone()];
+    expected.sort();
+    assert_eq!(
+        all.iter().map(|r| r.digest.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(all[0].size, if all[0].digest == sig.digest { 3 } else { 4 });
+    let sigs = meta
+        .referrers(&repo, &subject.digest, Some("application/vnd.example.sig"))
+        .await
+        .unwrap();
+    assert_eq!(sigs.len(), 1);
+    assert_eq!(sigs[0].digest, sig.digest);
+    assert_eq!(sigs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert!(
+        meta.referrers(&repo, &sig.digest, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn uploads(meta: &dyn MetaStore) {
+    let u = Upload {
+        id: "00000000-0000-4000-8000-000000000001".into(),
+        repo: name("uploads/app"),
+        size: 0,
+        hash_state: Some(vec![1, 2, 3]),
+        created_at_ms: 1000,
+        updated_at_ms: 1000,
+    };
+    meta.create_upload(&u).await.unwrap();
+    assert_eq!(meta.get_upload(&u.id).await.unwrap(), Some(u.clone()));
+    meta.advance_upload(&u.id, 0, 10, Some(&[4, 5]), 2000)
+        .await
+        .unwrap();
+    // A stale writer loses.
+    assert!(matches!(
+        meta.advance_upload(&u.id, 0, 5, None, 2001).await,
+        Err(MetaError::Conflict)
+    ));
+    let got = meta.get_upload(&u.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.size, got.hash_state.as_deref(), got.updated_at_ms),
+        (10, Some(&[4u8, 5][..]), 2000)
+    );
+    assert_eq!(
+        meta.stale_uploads(1500).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(meta.stale_uploads(2500).await.unwrap(), vec![u.id.clone()]);
+    assert!(meta.delete_upload(&u.id).await.unwrap());
+    assert!(!meta.delete_upload(&u.id).await.unwrap());
+    assert_eq!(meta.get_upload(&u.id).await.unwrap(), None);
+    assert!(matches!(
+        meta.advance_upload(&u.id, 10, 11, None, 3000).await,
+        Err(MetaError::Conflict)
+    ));
+}
