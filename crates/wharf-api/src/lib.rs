@@ -1,1 +1,237 @@
-//! placeholder
+//! The HTTP API: OCI Distribution v1.1 / Docker Registry v2 under `/v2/`, plus
+//! `/metrics` (Prometheus) and `/healthz`.
+//!
+//! Every request to `/v2/...` is parsed into an [`Endpoint`] first; handlers
+//! then work with validated types only. Every error becomes the OCI JSON
+//! envelope through [`ApiError`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+mod blobs;
+pub mod endpoint;
+pub mod error;
+mod manifests;
+pub mod metrics;
+
+pub use endpoint::Endpoint;
+pub use error::{ApiError, ErrorCode};
+use wharf_core::Registry;
+
+/// Facts about the connection a request came in on, set by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    pub tls: bool,
+}
+
+/// Settings of the API layer.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Base URL for `Location` headers (`http.host`), e.g.
+    /// `https://registry.example.com`. Without it, the request's `Host` is used.
+    pub base_url: Option<String>,
+}
+
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: ApiConfig,
+}
+
+/// The endpoint label a handler leaves on its response, for metrics and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLabel(pub &'static str);
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The router with every route and the access-log and metrics layer.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", any(v2))
+        .route("/v2/", any(v2))
+        .route("/v2/{*rest}", any(v2))
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(health))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::observe))
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.registry.catalog(None, 0).await {
+        Ok(_) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The query string as key/value pairs (first value wins).
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What handlers need from a request besides its endpoint.
+pub(crate) struct Ctx {
+    pub st: Arc<AppState>,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Query,
+    pub body: Body,
+    base: String,
+}
+
+impl Ctx {
+    /// An absolute URL for `path` (which starts with `/`), as distribution gives.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub(crate) fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn base_url(st: &AppState, headers: &HeaderMap, conn: Option<&ConnInfo>) -> String {
+    if let Some(b) = &st.config.base_url {
+        return b.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "http" || *p == "https");
+    match host {
+        Some(h) => {
+            let scheme = proto.unwrap_or(if conn.is_some_and(|c| c.tls) {
+                "https"
+            } else {
+                "http"
+            });
+            format!("{scheme}://{h}")
+        }
+        // Without a Host header a relative URL is all we can give.
+        None => String::new(),
+    }
+}
+
+async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let raw = parts.uri.path().strip_prefix("/v2").unwrap_or("");
+    let raw = raw.strip_prefix('/').unwrap_or(raw);
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8();
+    let ep = match decoded {
+        Ok(p) => Endpoint::parse(&p),
+        Err(_) => Err(ApiError::new(ErrorCode::NotFound)),
+    };
+    let ep = match ep {
+        Ok(ep) => ep,
+        Err(e) => return e.into_response(),
+    };
+    let label = ep.label();
+    let base = base_url(&st, &parts.headers, parts.extensions.get::<ConnInfo>());
+    let ctx = Ctx {
+        st,
+        method: parts.method,
+        headers: parts.headers,
+        query: Query::parse(parts.uri.query()),
+        body,
+        base,
+    };
+    let mut resp = dispatch(ep, ctx)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(EndpointLabel(label));
+    resp
+}
+
+async fn dispatch(ep: Endpoint, ctx: Ctx) -> ApiResult {
+    use Endpoint as E;
+    let m = ctx.method.clone();
+    match ep {
+        E::Base if m == Method::GET || m == Method::HEAD => {
+            Ok(json_response(StatusCode::OK, &serde_json::json!({}), None))
+        }
+        E::Catalog if m == Method::GET => manifests::catalog(ctx).await,
+        E::Tags(name) if m == Method::GET => manifests::tags(ctx, name).await,
+        E::Manifest(name, r) if m == Method::GET || m == Method::HEAD => {
+            manifests::get(ctx, name, r).await
+        }
+        E::Manifest(name, r) if m == Method::PUT => manifests::put(ctx, name, r).await,
+        E::Manifest(name, r) if m == Method::DELETE => manifests::delete(ctx, name, r).await,
+        E::Referrers(name, d) if m == Method::GET => manifests::referrers(ctx, name, d).await,
+        E::Blob(name, d) if m == Method::GET || m == Method::HEAD => blobs::get(ctx, name, d).await,
+        E::Blob(name, d) if m == Method::DELETE => blobs::delete(ctx, name, d).await,
+        E::UploadStart(name) if m == Method::POST => blobs::start(ctx, name).await,
+        E::Upload(name, id) if m == Method::GET => blobs::status(ctx, name, id).await,
+        E::Upload(name, id) if m == Method::PATCH => blobs::patch(ctx, name, id).await,
+        E::Upload(name, id) if m == Method::PUT => blobs::put(ctx, name, id).await,
+        E::Upload(name, id) if m == Method::DELETE => blobs::cancel(ctx, name, id).await,
+        _ => Err(ApiError::new(ErrorCode::MethodNotAllowed)),
+    }
+}
+
+pub(crate) fn json_response(
+    status: StatusCode,
+    v: &serde_json::Value,
+    content_type: Option<&'static str>,
+) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type.unwrap_or("application/json")),
+    );
+    r
+}
+
+/// Sets a header from a string we built; values that cannot be headers are dropped.
+pub(crate) fn set_header(r: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// An empty response with a status.
+pub(crate) fn empty(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}

@@ -1,1 +1,552 @@
-//! placeholder
+//! Registry operations: push, pull, mount, delete, listings and referrers.
+//!
+//! Written against the [`BlobStore`] and [`MetaStore`] traits only, so every
+//! operation works unchanged on any pair of backends. Request parsing and HTTP
+//! belong to `wharf-api`; this crate speaks in validated types.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, Upload};
+use wharf_oci::manifest::MAX_MANIFEST_SIZE;
+use wharf_oci::{Algorithm, Digest, DigestHasher, Manifest, ManifestError, Reference, RepoName};
+use wharf_store::{BlobStore, StoreError};
+
+mod error;
+pub use error::CoreError;
+pub use wharf_store::{BlobRead, ByteStream};
+
+/// Settings of the core that the binary's configuration controls.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Whether DELETE of blobs, manifests and tags is allowed
+    /// (`storage.delete.enabled`).
+    pub delete_enabled: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            delete_enabled: true,
+        }
+    }
+}
+
+/// The registry: one per process, shared by all requests.
+pub struct Registry {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    config: CoreConfig,
+    /// Uploads with a request in progress on this node. Two requests writing
+    /// one upload at once would interleave their bytes.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Where a chunk claims to start and end (`Content-Range`), if it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The result of a cross-repository mount request.
+#[derive(Debug)]
+pub enum MountResult {
+    Mounted {
+        digest: Digest,
+    },
+    /// The blob could not be mounted; a normal upload session was opened instead.
+    Session(UploadState),
+}
+
+/// What a client needs to know about an upload session.
+#[derive(Debug, Clone)]
+pub struct UploadState {
+    pub id: String,
+    pub size: u64,
+}
+
+/// A manifest as served to clients.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutManifestResult {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+struct BusyGuard<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>, config: CoreConfig) -> Self {
+        Registry {
+            blobs,
+            meta,
+            config,
+            busy: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    fn claim(&self, id: &str) -> Result<BusyGuard<'_>, CoreError> {
+        let mut s = self
+            .busy
+            .lock()
+            .map_err(|_| CoreError::Internal("busy set poisoned".into()))?;
+        if !s.insert(id.to_owned()) {
+            return Err(CoreError::BlobUploadInvalid(
+                "another request is writing this upload".into(),
+            ));
+        }
+        Ok(BusyGuard {
+            set: &self.busy,
+            id: id.to_owned(),
+        })
+    }
+
+    fn check_delete(&self) -> Result<(), CoreError> {
+        if self.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(CoreError::Unsupported(
+                "deletion is disabled (storage.delete.enabled)".into(),
+            ))
+        }
+    }
+
+    // ---- blobs -------------------------------------------------------------
+
+    /// The size of a blob `repo` may see.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, CoreError> {
+        self.meta
+            .blob_in_repo(repo, digest)
+            .await?
+            .ok_or(CoreError::BlobUnknown)
+    }
+
+    /// Opens a blob `repo` may see, optionally a byte range of it.
+    pub async fn open_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeInclusive<u64>>,
+    ) -> Result<BlobRead, CoreError> {
+        self.blob_size(repo, digest).await?;
+        match self.blobs.open(digest, range).await? {
+            Some(r) => Ok(r),
+            None => {
+                // Metadata says yes, storage says no: the store lost a blob.
+                tracing::error!(%digest, "blob linked in metadata is missing from storage");
+                Err(CoreError::BlobUnknown)
+            }
+        }
+    }
+
+    /// Removes `repo`'s link to a blob. The bytes go when nothing links them (GC).
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), CoreError> {
+        self.check_delete()?;
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(CoreError::BlobUnknown)
+        }
+    }
+
+    /// Makes a blob visible in `repo` without copying it: from `from` if that
+    /// repository can see it, else from anywhere in the registry if `from` is
+    /// not given. Otherwise opens an upload session.
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<MountResult, CoreError> {
+        let size = match from {
+            Some(from) => self.meta.blob_in_repo(from, digest).await?,
+            None => self.meta.blob_known(digest).await?,
+        };
+        if let Some(size) = size
+            && self.blobs.stat(digest).await?.is_some()
+        {
+            self.meta.link_blob(repo, digest, size).await?;
+            return Ok(MountResult::Mounted {
+                digest: digest.clone(),
+            });
+        }
+        Ok(MountResult::Session(self.start_upload(repo).await?))
+    }
+
+    // ---- uploads -------------------------------------------------------------
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState, CoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.create_upload(&id).await?;
+        let now = now_ms();
+        let upload = Upload {
+            id: id.clone(),
+            repo: repo.clone(),
+            size: 0,
+            hash_state: Some(DigestHasher::new(Algorithm::Sha256).save_state()),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        if let Err(e) = self.meta.create_upload(&upload).await {
+            let _ = self.blobs.delete_upload(&id).await;
+            return Err(e.into());
+        }
+        Ok(UploadState { id, size: 0 })
+    }
+
+    async fn upload_in(&self, repo: &RepoName, id: &str) -> Result<Upload, CoreError> {
+        match self.meta.get_upload(id).await? {
+            Some(u) if &u.repo == repo => Ok(u),
+            _ => Err(CoreError::BlobUploadUnknown),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState, CoreError> {
+        let u = self.upload_in(repo, id).await?;
+        Ok(UploadState {
+            id: u.id,
+            size: u.size,
+        })
+    }
+
+    /// Appends a chunk to an upload. `range`, when the client sent one, must
+    /// start where the upload ends (else `RangeNotSatisfiable`) and must match
+    /// the bytes sent.
+    pub async fn append_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<UploadState, CoreError> {
+        let _busy = self.claim(id)?;
+        let u = self.upload_in(repo, id).await?;
+        let size = self.append_locked(&u, range, body).await?;
+        Ok(UploadState { id: u.id, size })
+    }
+
+    async fn append_locked(
+        &self,
+        u: &Upload,
+        range: Option<ChunkRange>,
+        body: ByteStream,
+    ) -> Result<u64, CoreError> {
+        if let Some(r) = range
+            && (r.start != u.size || r.end < r.start)
+        {
+            return Err(CoreError::RangeNotSatisfiable { size: u.size });
+        }
+        let hasher = u
+            .hash_state
+            .as_deref()
+            .and_then(DigestHasher::restore_state);
+        let hasher = Arc::new(Mutex::new(hasher));
+        let h = Arc::clone(&hasher);
+        let hashed: ByteStream = body
+            .inspect(move |chunk| {
+                if let (Ok(c), Ok(mut g)) = (chunk, h.lock())
+                    && let Some(hs) = g.as_mut()
+                {
+                    hs.update(c);
+                }
+            })
+            .boxed();
+        let new_size = self.blobs.append_upload(&u.id, u.size, hashed).await?;
+        if let Some(r) = range
+            && new_size - u.size != r.end - r.start + 1
+        {
+            // Not recorded: the bytes past u.size are dropped by the next append.
+            return Err(CoreError::SizeInvalid(format!(
+                "Content-Range {}-{} does not match the {} bytes received",
+                r.start,
+                r.end,
+                new_size - u.size
+            )));
+        }
+        let state = hasher
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(DigestHasher::save_state));
+        match self
+            .meta
+            .advance_upload(&u.id, u.size, new_size, state.as_deref(), now_ms())
+            .await
+        {
+            Ok(()) => Ok(new_size),
+            Err(MetaError::Conflict) => Err(CoreError::BlobUploadUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Finishes an upload: appends the final chunk if any, verifies the digest
+    /// and makes the blob visible in `repo`.
+    pub async fn complete_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: Option<ByteStream>,
+    ) -> Result<u64, CoreError> {
+        let _busy = self.claim(id)?;
+        let mut u = self.upload_in(repo, id).await?;
+        if let Some(body) = body {
+            u.size = self.append_locked(&u, range, body).await?;
+            u = self.upload_in(repo, id).await?;
+        }
+        let hasher = u
+            .hash_state
+            .as_deref()
+            .and_then(DigestHasher::restore_state)
+            .filter(|h| h.algorithm() == digest.algorithm());
+        let actual = match hasher {
+            Some(h) => h.finish(),
+            None => {
+                // Another algorithm, or no saved state: hash the stored bytes.
+                let mut h = DigestHasher::new(digest.algorithm());
+                let mut s = self.blobs.read_upload(&u.id, u.size).await?;
+                while let Some(chunk) = s.next().await {
+                    h.update(&chunk.map_err(StoreError::Io)?);
+                }
+                h.finish()
+            }
+        };
+        if &actual != digest {
+            return Err(CoreError::DigestInvalid(format!(
+                "upload has digest {actual}, not {digest}"
+            )));
+        }
+        self.blobs.commit_upload(&u.id, u.size, digest).await?;
+        self.meta.link_blob(repo, digest, u.size).await?;
+        self.meta.delete_upload(&u.id).await?;
+        Ok(u.size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), CoreError> {
+        let _busy = self.claim(id)?;
+        let u = self.upload_in(repo, id).await?;
+        self.meta.delete_upload(&u.id).await?;
+        self.blobs.delete_upload(&u.id).await?;
+        Ok(())
+    }
+
+    /// A single-request upload (`POST ?digest=` or a session's whole body at once).
+    pub async fn upload_monolithic(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64, CoreError> {
+        let s = self.start_upload(repo).await?;
+        let r = self
+            .complete_upload(repo, &s.id, digest, None, Some(body))
+            .await;
+        if r.is_err() {
+            let _ = self.meta.delete_upload(&s.id).await;
+            let _ = self.blobs.delete_upload(&s.id).await;
+        }
+        r
+    }
+
+    /// Removes upload sessions idle for longer than `age`. Returns how many.
+    pub async fn purge_stale_uploads(&self, age: Duration) -> Result<usize, CoreError> {
+        let before = now_ms() - age.as_millis() as i64;
+        let ids = self.meta.stale_uploads(before).await?;
+        let mut n = 0;
+        for id in ids {
+            let Ok(_busy) = self.claim(&id) else { continue };
+            self.meta.delete_upload(&id).await?;
+            self.blobs.delete_upload(&id).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    // ---- manifests -------------------------------------------------------------
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ServedManifest, CoreError> {
+        let rec = match reference {
+            Reference::Tag(t) => self.meta.manifest_by_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.manifest_by_digest(repo, d).await?,
+        };
+        let rec = rec.ok_or(CoreError::ManifestUnknown)?;
+        Ok(ServedManifest {
+            digest: rec.digest,
+            media_type: rec.media_type,
+            content: Bytes::from(rec.content),
+        })
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PutManifestResult, CoreError> {
+        if body.len() > MAX_MANIFEST_SIZE {
+            return Err(CoreError::ManifestTooLarge);
+        }
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = d.of_same_algorithm(&body);
+                if &actual != d {
+                    return Err(CoreError::DigestInvalid(format!(
+                        "manifest has digest {actual}, not {d}"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&body),
+        };
+        let m = Manifest::parse(&body, content_type).map_err(|e| match e {
+            ManifestError::Unsupported(t) => {
+                CoreError::ManifestInvalid(format!("manifest media type {t:?} is not supported"))
+            }
+            other => CoreError::ManifestInvalid(other.to_string()),
+        })?;
+        let mut blobs: Vec<Digest> = m.required_blobs().map(|d| d.digest.clone()).collect();
+        blobs.sort();
+        blobs.dedup();
+        let mut children: Vec<Digest> = m.manifests.iter().map(|d| d.digest.clone()).collect();
+        children.sort();
+        children.dedup();
+        let subject = m.subject.as_ref().map(|s| s.digest.clone());
+        let annotations = m
+            .annotations
+            .as_ref()
+            .filter(|a| !a.is_empty())
+            .and_then(|a| serde_json::to_string(a).ok());
+        let record = ManifestRecord {
+            digest: digest.clone(),
+            media_type: m.media_type.clone(),
+            content: body.to_vec(),
+            artifact_type: m.effective_artifact_type().map(str::to_owned),
+            subject: subject.clone(),
+            annotations,
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.meta
+            .put_manifest(repo, &record, &ManifestRefs { blobs, children }, tag)
+            .await
+            .map_err(|e| match e {
+                MetaError::MissingBlob(d) => CoreError::ManifestBlobUnknown(d),
+                MetaError::MissingManifest(d) => CoreError::ManifestChildUnknown(d),
+                other => other.into(),
+            })?;
+        Ok(PutManifestResult { digest, subject })
+    }
+
+    /// Deletes a tag (only that tag) or a manifest by digest (and its tags).
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), CoreError> {
+        self.check_delete()?;
+        let found = match reference {
+            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(CoreError::ManifestUnknown)
+        }
+    }
+
+    // ---- listings ----------------------------------------------------------------
+
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Page, CoreError> {
+        self.meta
+            .list_tags(repo, last, n)
+            .await?
+            .ok_or(CoreError::NameUnknown)
+    }
+
+    pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page, CoreError> {
+        Ok(self.meta.list_repositories(last, n).await?)
+    }
+
+    /// The OCI image index listing the manifests whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Bytes, CoreError> {
+        let refs = self.meta.referrers(repo, subject, artifact_type).await?;
+        let manifests: Vec<serde_json::Value> = refs
+            .into_iter()
+            .map(|r| {
+                let mut d = serde_json::Map::new();
+                d.insert("mediaType".into(), r.media_type.into());
+                d.insert("digest".into(), r.digest.as_str().into());
+                d.insert("size".into(), r.size.into());
+                if let Some(at) = r.artifact_type {
+                    d.insert("artifactType".into(), at.into());
+                }
+                if let Some(a) = r
+                    .annotations
+                    .and_then(|a| serde_json::from_str::<BTreeMap<String, String>>(&a).ok())
+                {
+                    d.insert("annotations".into(), serde_json::json!(a));
+                }
+                serde_json::Value::Object(d)
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": wharf_oci::media::OCI_INDEX,
+            "manifests": manifests,
+        });
+        serde_json::to_vec(&index)
+            .map(Bytes::from)
+            .map_err(|e| CoreError::Internal(e.to_string()))
+    }
+}

@@ -1,1 +1,281 @@
-fn main() {}
+//! `wharf`: a container image registry in one binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::http::{HeaderName, HeaderValue};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod config;
+mod server;
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A container image registry: OCI Distribution v1.1 and Docker Registry v2 in one binary",
+    long_about = "A container image registry: OCI Distribution v1.1 and Docker Registry v2 in one binary.\n\n\
+Run `wharf serve` to serve on :5000 with everything kept in one data directory. \
+Wharf reads distribution's config.yml and REGISTRY_* environment variables."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry.
+    ///
+    /// Without arguments: listen on :5000 (every address), keep blobs and the
+    /// metadata database in the default data directory (printed at start-up).
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A distribution-style config.yml. Also REGISTRY_CONFIGURATION_PATH.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The config file, as `docker-registry serve FILE` takes it.
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    config_positional: Option<PathBuf>,
+    /// The data directory (overrides storage.filesystem.rootdirectory).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Where to listen, e.g. 127.0.0.1:5000 or :5000 (overrides http.addr).
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration and print the effective settings (secrets
+    /// redacted), after REGISTRY_* environment overrides.
+    Check {
+        /// The config file; without it, REGISTRY_CONFIGURATION_PATH or defaults.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("REGISTRY_"))
+        .collect()
+}
+
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| std::env::var_os("REGISTRY_CONFIGURATION_PATH").map(PathBuf::from))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check { file }) => check(file),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wharf: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(file);
+    let loaded = config::load(path.as_deref(), &env_vars())?;
+    for k in &loaded.ignored {
+        eprintln!("warning: configuration key {k} is not supported and is ignored");
+    }
+    print!("{}", loaded.config.to_yaml());
+    Ok(())
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => EnvFilter::new(f),
+        _ => {
+            let mut f = format!("{},sqlx=warn,hyper=warn,h2=warn,rustls=warn", cfg.log.level);
+            if cfg.log.accesslog_disabled {
+                f.push_str(",wharf::access=off");
+            }
+            EnvFilter::new(f)
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log.formatter == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let path = config_path(args.config.or(args.config_positional));
+    let loaded = config::load(path.as_deref(), &env_vars())?;
+    let mut cfg = loaded.config;
+    if let Some(d) = args.data {
+        cfg.storage.rootdirectory = d;
+    }
+    if let Some(a) = args.addr {
+        cfg.http.addr = a;
+    }
+    init_logging(&cfg);
+    for k in &loaded.ignored {
+        tracing::warn!(key = %k, "configuration key is not supported and is ignored");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cfg, started))
+}
+
+fn prepare_data_dir(root: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root.join("wharf"))
+        .with_context(|| format!("creating data directory {}", root.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Holds the database: nobody else's business.
+        std::fs::set_permissions(root.join("wharf"), std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
+    let root = cfg.storage.rootdirectory.clone();
+    prepare_data_dir(&root)?;
+    let blobs = wharf_store::fs::FsBlobStore::open(&root)
+        .with_context(|| format!("opening blob storage in {}", root.display()))?;
+    let meta = wharf_meta::sqlite::SqliteMeta::open(&root.join("wharf/meta.db"))
+        .await
+        .context("opening the metadata database")?;
+    let registry = Arc::new(wharf_core::Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        wharf_core::CoreConfig {
+            delete_enabled: cfg.storage.delete_enabled,
+        },
+    ));
+    let state = Arc::new(wharf_api::AppState {
+        registry: registry.clone(),
+        config: wharf_api::ApiConfig {
+            base_url: cfg.http.host.clone(),
+        },
+    });
+    let mut app = wharf_api::router(state);
+    if !cfg.http.headers.is_empty() {
+        let mut extra = Vec::new();
+        for (k, vs) in &cfg.http.headers {
+            let name =
+                HeaderName::try_from(k.as_str()).with_context(|| format!("http.headers: {k:?}"))?;
+            for v in vs {
+                let v = HeaderValue::try_from(v.as_str())
+                    .with_context(|| format!("http.headers: {k}: {v:?}"))?;
+                extra.push((name.clone(), v));
+            }
+        }
+        let extra = Arc::new(extra);
+        app = app.layer(axum::middleware::map_response(
+            move |mut r: axum::response::Response| {
+                let extra = extra.clone();
+                async move {
+                    for (k, v) in extra.iter() {
+                        r.headers_mut().append(k.clone(), v.clone());
+                    }
+                    r
+                }
+            },
+        ));
+    }
+
+    let tls = cfg
+        .http
+        .tls
+        .as_ref()
+        .map(|t| server::tls_acceptor(t, !cfg.http.http2_disabled))
+        .transpose()?;
+    let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
+    let local = listener.local_addr()?;
+
+    if cfg.storage.uploadpurging.enabled {
+        let p = cfg.storage.uploadpurging.clone();
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(p.interval);
+            loop {
+                tick.tick().await;
+                if p.dryrun {
+                    tracing::info!("upload purging is in dry-run mode; nothing removed");
+                    continue;
+                }
+                match reg.purge_stale_uploads(p.age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
+                    Err(e) => tracing::error!(error = %e, "purging stale uploads failed"),
+                }
+            }
+        });
+    }
+
+    tracing::info!(
+        addr = %local,
+        tls = tls.is_some(),
+        data = %root.display(),
+        delete_enabled = cfg.storage.delete_enabled,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "wharf {} listening", env!("CARGO_PKG_VERSION")
+    );
+    // Scripts and tests wait for this line on stdout: the port is bound.
+    println!(
+        "wharf listening on {local} ({}), data in {}",
+        if tls.is_some() { "https" } else { "http" },
+        root.display()
+    );
+
+    let opts = server::ServeOptions {
+        tls,
+        http2: !cfg.http.http2_disabled,
+        drain: cfg.http.draintimeout,
+    };
+    server::serve(listener, app, opts, shutdown_signal()).await;
+    tracing::info!("wharf stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            // Without signal handlers we can only run until killed.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,61 @@
+use wharf_meta::MetaError;
+use wharf_oci::Digest;
+use wharf_store::StoreError;
+
+/// Why a registry operation failed. The API layer maps each variant to an OCI
+/// error code and HTTP status in one exhaustive `match`.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    /// A chunk did not start where the upload ends.
+    #[error("chunk out of order: the upload holds {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references blob {0}, which this repository does not have")]
+    ManifestBlobUnknown(Digest),
+    #[error("index references manifest {0}, which this repository does not have")]
+    ManifestChildUnknown(Digest),
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest is larger than the 4 MiB limit")]
+    ManifestTooLarge,
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("size invalid: {0}")]
+    SizeInvalid(String),
+    #[error("the operation is unsupported: {0}")]
+    Unsupported(String),
+    /// The client went away or sent a broken body; nothing was recorded.
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<MetaError> for CoreError {
+    fn from(e: MetaError) -> Self {
+        CoreError::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UploadNotFound(_) => CoreError::BlobUploadUnknown,
+            // The store holds fewer bytes than the metadata says. Data is
+            // fsynced before the metadata moves, so only a damaged disk or a
+            // tampered data directory gets here.
+            e @ StoreError::OffsetMismatch { .. } => CoreError::Internal(e.to_string()),
+            StoreError::Body(e) => CoreError::Body(e.to_string()),
+            StoreError::Io(e) => CoreError::Internal(e.to_string()),
+        }
+    }
+}
