@@ -14,6 +14,9 @@ pub enum ErrorCode {
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
+    /// An index names a child manifest the repository lacks: the request is
+    /// wrong, so 400 rather than MANIFEST_UNKNOWN's usual 404.
+    ManifestChildUnknown,
     NameInvalid,
     NameUnknown,
     SizeInvalid,
@@ -74,6 +77,11 @@ impl ErrorCode {
                 "MANIFEST_UNKNOWN",
                 StatusCode::NOT_FOUND,
                 "manifest unknown",
+            ),
+            ManifestChildUnknown => (
+                "MANIFEST_UNKNOWN",
+                StatusCode::BAD_REQUEST,
+                "index references a manifest unknown to the repository",
             ),
             NameInvalid => (
                 "NAME_INVALID",
@@ -186,7 +194,7 @@ impl From<CoreError> for ApiError {
             }
             CoreError::DigestInvalid(_) => ErrorCode::DigestInvalid,
             CoreError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
-            CoreError::ManifestChildUnknown(_) => ErrorCode::ManifestUnknown,
+            CoreError::ManifestChildUnknown(_) => ErrorCode::ManifestChildUnknown,
             CoreError::ManifestUnknown => ErrorCode::ManifestUnknown,
             CoreError::ManifestInvalid(_) => ErrorCode::ManifestInvalid,
             CoreError::ManifestTooLarge => ErrorCode::TooLarge,

@@ -1,0 +1,1067 @@
+//! The registry API end to end over HTTP, against the embedded backends.
+
+mod harness;
+
+use harness::*;
+
+#[tokio::test]
+async fn base_and_unknown_routes() {
+    let reg = TestRegistry::builder().spawn().await;
+    for path in ["/v2/", "/v2"] {
+        let r = reg.client.get(reg.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
+    }
+    let r = reg.client.get(reg.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "NOT_FOUND");
+    let r = reg.client.get(reg.url("/v2/a/b")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "NOT_FOUND");
+    let r = reg
+        .client
+        .get(reg.url("/v2/UPPER/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "NAME_INVALID");
+    let r = reg
+        .client
+        .post(reg.url("/v2/a/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+    let r = reg
+        .client
+        .get(reg.url("/v2/a/blobs/sha256:1234"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = reg
+        .client
+        .get(reg.url("/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Percent-encoded digests are decoded.
+    let d = reg.push_blob("enc", b"x").await;
+    let r = reg
+        .client
+        .head(reg.url(&format!("/v2/enc/blobs/{}", d.replace(':', "%3A"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reg.client.get(reg.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn monolithic_blob_get_head_range() {
+    let reg = TestRegistry::builder().spawn().await;
+    let data: Vec<u8> = (0..100u8).collect();
+    let d = reg.push_blob("a/b/c", &data).await;
+    let r = reg
+        .client
+        .head(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "100");
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 10-19/100");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[95..]);
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
+        .header("range", "bytes=100-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */100");
+
+    // Another repository cannot see it.
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/other/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    let r = reg
+        .client
+        .head(reg.url(&format!("/v2/other/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A wrong digest stores nothing.
+    let wrong = sha256(b"something else");
+    let r = reg
+        .client
+        .post(reg.url(&format!("/v2/a/blobs/uploads/?digest={wrong}")))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = reg
+        .client
+        .head(reg.url(&format!("/v2/a/blobs/{wrong}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Empty blob.
+    reg.push_blob("a", b"").await;
+}
+
+#[tokio::test]
+async fn chunked_upload_flows() {
+    let reg = TestRegistry::builder().spawn().await;
+    let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let d = sha256(&data);
+
+    let r = reg
+        .client
+        .post(reg.url("/v2/x/y/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-0");
+    let uuid = r.headers()["docker-upload-uuid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(loc.starts_with("http://") && loc.ends_with(&uuid), "{loc}");
+
+    // Content-Range without "bytes=", then with it.
+    let r = reg
+        .client
+        .patch(&loc)
+        .header("content-range", "0-999")
+        .body(data[..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-999");
+    let r = reg
+        .client
+        .patch(&loc)
+        .header("content-range", "bytes=1000-1999")
+        .body(data[1000..2000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Out of order: 416 with the current range, nothing changes.
+    let r = reg
+        .client
+        .patch(&loc)
+        .header("content-range", "500-999")
+        .body(data[500..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.headers()["range"], "0-1999");
+    // A range that does not match the body length.
+    let r = reg
+        .client
+        .patch(&loc)
+        .header("content-range", "2000-2009")
+        .body(vec![0u8; 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "SIZE_INVALID");
+    let r = reg.client.get(&loc).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], "0-1999");
+    // No Content-Range at all, streamed (chunked transfer encoding).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = data[2000..2500]
+        .chunks(100)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = reg
+        .client
+        .patch(&loc)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-2499");
+    // Wrong digest at the end: refused; the session stays.
+    let r = reg
+        .client
+        .put(format!("{loc}?digest={}", sha256(b"nope")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    // Close with the final chunk in the PUT.
+    let r = reg
+        .client
+        .put(format!("{loc}?digest={d}"))
+        .body(data[2500..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/x/y/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    // The session is gone.
+    let r = reg.client.get(&loc).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+
+    // PUT with the whole body (ctr, oras, dxf style), and a missing digest.
+    let r = reg
+        .client
+        .post(reg.url("/v2/x/y/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = reg.client.put(&loc).body("abc").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = reg
+        .client
+        .put(format!("{loc}?digest={}", sha256(b"abc")))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Cancel.
+    let r = reg
+        .client
+        .post(reg.url("/v2/x/y/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(reg.client.delete(&loc).send().await.unwrap().status(), 204);
+    assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 404);
+    // An upload is bound to its repository, and ids are validated.
+    let r = reg
+        .client
+        .post(reg.url("/v2/x/y/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["docker-upload-uuid"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/other/blobs/uploads/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = reg
+        .client
+        .patch(reg.url("/v2/x/y/blobs/uploads/../../etc"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 404 || r.status() == 400, "{}", r.status());
+}
+
+#[tokio::test]
+async fn sha512_blobs_and_manifests() {
+    let reg = TestRegistry::builder().spawn().await;
+    let data = b"sha512 content";
+    let d = sha512(data);
+    let r = reg
+        .client
+        .post(reg.url(&format!("/v2/s/blobs/uploads/?digest={d}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/s/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data);
+    let cd = reg.push_blob("s", b"{}").await;
+    let m = image_manifest(&cd, 2, &[(&d, data.len())], None);
+    let md = sha512(&m);
+    let r = reg.put_manifest("s", &md, &m, OCI_MANIFEST).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/s/manifests/{md}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
+}
+
+#[tokio::test]
+async fn cross_repository_mount() {
+    let reg = TestRegistry::builder().spawn().await;
+    let d = reg.push_blob("src/app", b"shared layer").await;
+    let r = reg
+        .client
+        .post(reg.url(&format!(
+            "/v2/dst/app/blobs/uploads/?mount={d}&from=src/app"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("/v2/dst/app/blobs/{d}"))
+    );
+    assert_eq!(
+        reg.client
+            .head(reg.url(&format!("/v2/dst/app/blobs/{d}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Not visible in `from`: a normal session.
+    let r = reg
+        .client
+        .post(reg.url(&format!("/v2/third/blobs/uploads/?mount={d}&from=nowhere")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().contains_key("docker-upload-uuid"));
+    assert_eq!(
+        reg.client
+            .head(reg.url(&format!("/v2/third/blobs/{d}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Without `from`, an existing blob is mounted.
+    let r = reg
+        .client
+        .post(reg.url(&format!("/v2/fourth/blobs/uploads/?mount={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Unknown blob without from: session.
+    let r = reg
+        .client
+        .post(reg.url(&format!(
+            "/v2/fourth/blobs/uploads/?mount={}",
+            sha256(b"unknown")
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = reg
+        .client
+        .post(reg.url("/v2/fourth/blobs/uploads/?mount=sha256:bad&from=src/app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest() {
+    let reg = TestRegistry::builder().spawn().await;
+    let (md, m) = reg.push_image("lib/app", "1.0", "one").await;
+    for reference in ["1.0", md.as_str()] {
+        let r = reg
+            .client
+            .get(reg.url(&format!("/v2/lib/app/manifests/{reference}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
+        assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+        assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
+        assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
+        let r = reg
+            .client
+            .head(reg.url(&format!("/v2/lib/app/manifests/{reference}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
+        assert_eq!(r.headers()["docker-content-digest"], md.as_str());
+    }
+    // Accept: several lines, or one comma-joined line, with the type: served.
+    let r = reg
+        .client
+        .get(reg.url("/v2/lib/app/manifests/1.0"))
+        .header("accept", DOCKER_MANIFEST)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reg
+        .client
+        .get(reg.url("/v2/lib/app/manifests/1.0"))
+        .header("accept", format!("{DOCKER_MANIFEST}, {OCI_MANIFEST}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Only other manifest types: not served, as distribution does.
+    let r = reg
+        .client
+        .get(reg.url("/v2/lib/app/manifests/1.0"))
+        .header("accept", format!("{DOCKER_MANIFEST},{DOCKER_LIST}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    // A wildcard accepts anything.
+    let r = reg
+        .client
+        .get(reg.url("/v2/lib/app/manifests/1.0"))
+        .header("accept", format!("{DOCKER_MANIFEST}, */*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = reg
+        .client
+        .get(reg.url("/v2/lib/app/manifests/2.0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/lib/other/manifests/{md}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Put by digest: the digest must match the body.
+    let r = reg
+        .put_manifest("lib/app", &sha256(b"other"), &m, OCI_MANIFEST)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = reg.put_manifest("lib/app", &md, &m, OCI_MANIFEST).await;
+    assert_eq!(r.status(), 201);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("/v2/lib/app/manifests/{md}"))
+    );
+}
+
+#[tokio::test]
+async fn manifest_validation() {
+    let reg = TestRegistry::builder().spawn().await;
+    let cd = reg.push_blob("v", b"{}").await;
+    let missing = sha256(b"missing layer");
+    let m = image_manifest(&cd, 2, &[(&missing, 13)], None);
+    let r = reg.put_manifest("v", "t", &m, OCI_MANIFEST).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+    // A blob in another repository does not count.
+    let elsewhere = reg.push_blob("w", b"elsewhere").await;
+    let m = image_manifest(&cd, 2, &[(&elsewhere, 9)], None);
+    let r = reg.put_manifest("v", "t", &m, OCI_MANIFEST).await;
+    assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+
+    let r = reg.put_manifest("v", "t", b"{not json", OCI_MANIFEST).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let r = reg
+        .put_manifest(
+            "v",
+            "t",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+            OCI_MANIFEST,
+        )
+        .await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let m = image_manifest(&cd, 2, &[], None);
+    let r = reg.put_manifest("v", "t", &m, DOCKER_MANIFEST).await;
+    assert_eq!(
+        error_code(r).await,
+        "MANIFEST_INVALID",
+        "Content-Type and mediaType disagree"
+    );
+    let r = reg
+        .put_manifest(
+            "v",
+            "t",
+            br#"{"schemaVersion":1}"#,
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = reg.put_manifest("v", "bad:tag", &m, OCI_MANIFEST).await;
+    assert_eq!(r.status(), 400);
+
+    // Index naming a child the repository does not have.
+    let child = sha256(b"child");
+    let idx = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":OCI_INDEX,
+        "manifests":[{"mediaType":OCI_MANIFEST,"digest":child,"size":5}]}))
+    .unwrap();
+    let r = reg.put_manifest("v", "multi", &idx, OCI_INDEX).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+
+    // Over 4 MiB: 413, with and without a Content-Length.
+    let big = vec![b' '; 4 * 1024 * 1024 + 1];
+    let r = reg.put_manifest("v", "big", &big, OCI_MANIFEST).await;
+    assert_eq!(r.status(), 413);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(65536).map(|c| Ok(c.to_vec())).collect();
+    let r = reg
+        .client
+        .put(reg.url("/v2/v/manifests/big"))
+        .header("content-type", OCI_MANIFEST)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Nothing of it was stored.
+    let r = reg
+        .client
+        .get(reg.url("/v2/v/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn index_docker_types_and_artifacts() {
+    let reg = TestRegistry::builder().spawn().await;
+    let (a, am) = reg.push_image("multi", "amd64", "amd").await;
+    let (b, bm) = reg.push_image("multi", "arm64", "arm").await;
+    let list = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":DOCKER_LIST,
+        "manifests":[{"mediaType":OCI_MANIFEST,"digest":a,"size":am.len(),"platform":{"architecture":"amd64","os":"linux"}},
+                     {"mediaType":OCI_MANIFEST,"digest":b,"size":bm.len(),"platform":{"architecture":"arm64","os":"linux"}}]})).unwrap();
+    let r = reg
+        .put_manifest("multi", "latest", &list, DOCKER_LIST)
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = reg
+        .client
+        .get(reg.url("/v2/multi/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], DOCKER_LIST);
+
+    // Docker schema 2 manifest, and dxf's trick of using any blob as config.
+    let cd = reg.push_blob("docker", b"not even json").await;
+    let m = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":DOCKER_MANIFEST,
+        "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":cd,"size":13},"layers":[]})).unwrap();
+    assert_eq!(
+        reg.put_manifest("docker", "v1", &m, DOCKER_MANIFEST)
+            .await
+            .status(),
+        201
+    );
+
+    // An OCI 1.1 artifact with a subject, then referrers.
+    let (subject, sm) = reg.push_image("art", "v1", "subject").await;
+    let empty = reg.push_blob("art", b"{}").await;
+    let mut sig = serde_json::json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,"artifactType":"application/vnd.example.sig",
+        "config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":empty,"size":2},"layers":[],
+        "subject":{"mediaType":OCI_MANIFEST,"digest":subject,"size":sm.len()},
+        "annotations":{"org.example.signer":"alice"}});
+    let sig_bytes = serde_json::to_vec(&sig).unwrap();
+    let r = reg
+        .put_manifest("art", &sha256(&sig_bytes), &sig_bytes, OCI_MANIFEST)
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["oci-subject"], subject.as_str());
+    sig["artifactType"] = "application/vnd.example.sbom".into();
+    let sbom_bytes = serde_json::to_vec(&sig).unwrap();
+    assert_eq!(
+        reg.put_manifest("art", &sha256(&sbom_bytes), &sbom_bytes, OCI_MANIFEST)
+            .await
+            .status(),
+        201
+    );
+
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/art/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], OCI_INDEX);
+    assert!(!r.headers().contains_key("oci-filters-applied"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
+    let r = reg
+        .client
+        .get(reg.url(&format!(
+            "/v2/art/referrers/{subject}?artifactType=application/vnd.example.sig"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
+    let v: serde_json::Value = r.json().await.unwrap();
+    let ms = v["manifests"].as_array().unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0]["digest"], sha256(&sig_bytes).as_str());
+    assert_eq!(ms[0]["artifactType"], "application/vnd.example.sig");
+    assert_eq!(ms[0]["size"], sig_bytes.len());
+    assert_eq!(ms[0]["annotations"]["org.example.signer"], "alice");
+    // No referrers: an empty index, 200.
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/art/referrers/{}", sha256(b"none"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 0);
+    assert_eq!(v["schemaVersion"], 2);
+}
+
+#[tokio::test]
+async fn tag_and_catalog_pagination() {
+    let reg = TestRegistry::builder().spawn().await;
+    for t in ["b", "a", "c", "v1.10", "v1.2"] {
+        reg.push_image("pg/app", t, "same").await;
+    }
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/app/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["name"], "pg/app");
+    assert_eq!(
+        v["tags"],
+        serde_json::json!(["a", "b", "c", "v1.10", "v1.2"])
+    );
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/app/tags/list?n=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/pg/app/tags/list?n=2&last=b>; rel=\"next\""
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/app/tags/list?n=2&last=b"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["c", "v1.10"]));
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/app/tags/list?n=10&last=v1.10"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("link"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["v1.2"]));
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/app/tags/list?n=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reg
+        .client
+        .get(reg.url("/v2/pg/none/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "NAME_UNKNOWN");
+
+    for n in ["zeta", "alpha/one", "alpha", "mid/x/y"] {
+        reg.push_image(n, "latest", n).await;
+    }
+    let r = reg
+        .client
+        .get(reg.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["alpha", "alpha/one", "mid/x/y", "pg/app", "zeta"])
+    );
+    let mut seen = Vec::new();
+    let mut url = reg.url("/v2/_catalog?n=2");
+    loop {
+        let r = reg.client.get(&url).send().await.unwrap();
+        let link = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let v: serde_json::Value = r.json().await.unwrap();
+        seen.extend(
+            v["repositories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned()),
+        );
+        match link {
+            Some(l) => url = reg.url(l.trim_start_matches('<').split('>').next().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["alpha", "alpha/one", "mid/x/y", "pg/app", "zeta"]
+    );
+}
+
+#[tokio::test]
+async fn deletes() {
+    let reg = TestRegistry::builder().spawn().await;
+    let (md, _) = reg.push_image("del", "one", "x").await;
+    reg.put_manifest(
+        "del",
+        "two",
+        &reg.client
+            .get(reg.url("/v2/del/manifests/one"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        OCI_MANIFEST,
+    )
+    .await;
+    // Deleting a tag removes only that tag.
+    let r = reg
+        .client
+        .delete(reg.url("/v2/del/manifests/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del/manifests/one"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del/manifests/two"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reg.client
+            .get(reg.url(&format!("/v2/del/manifests/{md}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = reg
+        .client
+        .delete(reg.url("/v2/del/manifests/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    // Deleting by digest removes the manifest and its tags.
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/del/manifests/{md}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del/manifests/two"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Blob delete.
+    let d = reg.push_blob("del", b"blob to delete").await;
+    assert_eq!(
+        reg.client
+            .delete(reg.url(&format!("/v2/del/blobs/{d}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        reg.client
+            .head(reg.url(&format!("/v2/del/blobs/{d}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/del/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+
+    // With deletes disabled: 405 UNSUPPORTED, nothing removed.
+    let data = reg.stop().await.unwrap();
+    let reg = TestRegistry::builder()
+        .data(data.path())
+        .delete_enabled(false)
+        .spawn()
+        .await;
+    let (md, _) = reg.push_image("del2", "v", "y").await;
+    let r = reg
+        .client
+        .delete(reg.url(&format!("/v2/del2/manifests/{md}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/del2/manifests/v"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(data);
+}
+
+#[tokio::test]
+async fn upload_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let reg = TestRegistry::builder().data(dir.path()).spawn().await;
+    let r = reg
+        .client
+        .post(reg.url("/v2/restart/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let path = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .split(&reg.addr.to_string())
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let r = reg
+        .client
+        .patch(reg.url(&path))
+        .body(data[..120_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    reg.stop().await;
+
+    let reg = TestRegistry::builder().data(dir.path()).spawn().await;
+    let r = reg.client.get(reg.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], "0-119999");
+    let r = reg
+        .client
+        .patch(reg.url(&path))
+        .header("content-range", "120000-199999")
+        .body(data[120_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let d = sha256(&data);
+    let r = reg
+        .client
+        .put(reg.url(&format!("{path}?digest={d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/restart/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+}
+
+#[tokio::test]
+async fn concurrent_pushes_of_one_blob() {
+    let reg = std::sync::Arc::new(TestRegistry::builder().spawn().await);
+    let data = b"same bytes from everyone".repeat(5000);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let reg = reg.clone();
+            let data = data.clone();
+            tokio::spawn(async move { reg.push_blob(&format!("conc/r{}", i % 3), &data).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), sha256(&data));
+    }
+    for i in 0..3 {
+        let r = reg
+            .client
+            .get(reg.url(&format!("/v2/conc/r{i}/blobs/{}", sha256(&data))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_exported() {
+    let reg = TestRegistry::builder().spawn().await;
+    reg.push_blob("m", b"metrics").await;
+    reg.client
+        .get(reg.url(
+            "/v2/m/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let text = reg
+        .client
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "wharf_http_requests_total{endpoint=\"upload_start\",method=\"POST\",status=\"201\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("endpoint=\"blob\",method=\"GET\",status=\"404\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("wharf_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wharf_http_request_bytes_total{endpoint=\"upload_start\"}"),
+        "{text}"
+    );
+}
