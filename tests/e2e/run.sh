@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end tests: real clients (skopeo, podman, buildah, docker, ctr) push,
+# pull, copy across repositories, push a multi-arch index, pull one platform
+# and delete, against `wharf serve` on a free loopback port, over HTTP and
+# over HTTPS with a throwaway CA. Needs root and the clients installed
+# (scripts/test.sh installs them). Usage: run.sh [client...]
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WHARF=${WHARF:-$ROOT/target/release/wharf}
+# Lower case: podman derives image names from the path of an OCI layout.
+WORK=/tmp/wharf-e2e-$$-$RANDOM
+mkdir -p "$WORK"
+export WORK WHARF
+. "$HERE/lib.sh"
+. "$HERE/clients.sh"
+
+CLIENTS=("$@")
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr)
+
+cleanup() {
+  stop_wharf; stop_dockerd; stop_containerd
+  if [ "$FAIL" -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else echo "work directory kept: $WORK"; fi
+}
+trap cleanup EXIT
+
+[ -x "$WHARF" ] || { echo "no wharf binary at $WHARF (cargo build --release)"; exit 1; }
+L=$WORK/layout
+"$HERE/make-images.sh" "$L" >>"$LOG" 2>&1 || { echo "building test images failed"; tail "$LOG"; exit 1; }
+CERTS=$WORK/certs
+make_certs "$CERTS"
+
+for c in "${CLIENTS[@]}"; do
+  case $c in
+    docker) start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(dockerd); continue; } ;;
+    ctr) start_containerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(containerd); continue; } ;;
+  esac
+  for MODE in http https; do
+    if [ "$MODE" = https ]; then
+      SCHEME=https; CURL_TLS="--cacert $CERTS/ca.crt"
+      printf 'http:\n  tls:\n    certificate: %s\n    key: %s\n' "$CERTS/server.crt" "$CERTS/server.key" >"$WORK/tls.yml"
+      start_wharf "wharf-$c-$MODE" --config "$WORK/tls.yml" || { FAIL=$((FAIL + 1)); continue; }
+    else
+      SCHEME=http; CURL_TLS=""
+      start_wharf "wharf-$c-$MODE" || { FAIL=$((FAIL + 1)); continue; }
+    fi
+    echo "--- $c over $MODE ($REG)"
+    "client_$c"
+    stop_wharf
+  done
+  case $c in
+    docker) stop_dockerd ;;
+    ctr) stop_containerd ;;
+  esac
+done
+summary
+[ "$FAIL" -eq 0 ]
