@@ -1,0 +1,170 @@
+//! The binary: TLS probes on the plain port, graceful shutdown, configuration.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn tls_client_hello_on_plain_port_gets_go_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The start of a TLS 1.2 ClientHello record.
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap(); // the server closes the connection
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[], &[]);
+    let client = reqwest::Client::new();
+    let r = client
+        .post(server.url("/v2/slow/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let data = bytes(7, 64 * 1024);
+    let d = sha256(&data);
+    // Stream the body slowly; SIGTERM arrives while it is in flight.
+    let chunks: Vec<Vec<u8>> = data.chunks(8192).map(<[u8]>::to_vec).collect();
+    let body = futures::stream::unfold(chunks.into_iter(), |mut it| async move {
+        let c = it.next()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(c), it))
+    });
+    let req = client
+        .put(format!("{loc}?digest={d}"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let pending = tokio::spawn(req);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    server.sigterm();
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "the upload in flight was cut off by shutdown"
+    );
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "wharf exited with {status}");
+    // New connections are refused once it has stopped.
+    assert!(client.get(server.url("/v2/")).send().await.is_err());
+}
+
+#[test]
+fn config_check_prints_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yml");
+    std::fs::write(&p, "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/x\n  delete:\n    enabled: false\nnotifications:\n  endpoints: []\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["config", "check"])
+        .arg(&p)
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:6000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("rootdirectory: /srv/x"), "{stdout}");
+    assert!(stdout.contains("addr: 127.0.0.1:6000"), "{stdout}");
+    assert!(stdout.contains("enabled: false"), "{stdout}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("notifications.endpoints"), "{stderr}");
+
+    std::fs::write(&p, "http:\n  addr: :5000\n   bad: indent\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("line 3"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["config", "check"])
+        .arg(&p)
+        .env("REGISTRY_CONFIGURATION_PATH", "/ignored")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn env_selects_data_dir_and_unsupported_keys_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("from-env");
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "version: 0.1\nhttp:\n  prefix: /x\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("unused"),
+        &["--config", cfg.to_str().unwrap()],
+        &[(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            root.to_str().unwrap(),
+        )],
+    );
+    assert!(root.join("wharf/meta.db").exists());
+    assert!(root.join("docker/registry/v2/blobs").exists());
+    // The database is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.join("wharf/meta.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("http.prefix") && stderr.contains("not supported"),
+        "{stderr}"
+    );
+    eprintln!("start-up took {:?}", server.startup);
+}
+
+#[test]
+fn refuses_configs_it_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        "auth:\n  htpasswd:\n    realm: r\n    path: /etc/htpasswd\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth"));
+    // Help is useful.
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("--data") && help.contains("--config") && help.contains(":5000"),
+        "{help}"
+    );
+}
