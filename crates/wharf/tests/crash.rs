@@ -149,7 +149,7 @@ async fn kill_during_concurrent_pushes() {
 
     let server = Server::start(&data, &[], &[]);
     let client = reqwest::Client::new();
-    let acked = acked.lock().unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(
         acked.blobs.len() >= 6,
         "too few pushes acknowledged to prove anything: {}",
