@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Wharf beside distribution 2.8.2 (Debian's docker-registry), in one run.
+
+Starts both on loopback ports with their own data directories and the same
+settings (access logs off, deletes on), measures each figure for both, and
+prints medians and the ratio (Wharf / distribution, higher is better for
+throughput and requests per second, lower for time and memory).
+
+Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
+BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run).
+"""
+import concurrent.futures as cf
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WHARF = os.environ.get("WHARF", os.path.join(ROOT, "target/release/wharf"))
+BLOB_MIB = int(os.environ.get("BENCH_BLOB_MIB", "1024"))
+REPOS = int(os.environ.get("BENCH_REPOS", "10000"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+results = []  # (name, unit, wharf, dist, better)
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+class Server:
+    def __init__(self, kind, work):
+        self.kind, self.work = kind, work
+        self.data = os.path.join(work, kind + "-data")
+        os.makedirs(self.data, exist_ok=True)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        if self.kind == "wharf":
+            cfg = os.path.join(self.work, "wharf.yml")
+            with open(cfg, "w") as f:
+                f.write("log:\n  level: error\n  accesslog:\n    disabled: true\n")
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(
+                [WHARF, "serve", "--config", cfg, "--data", self.data, "--addr", "127.0.0.1:0"],
+                stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "wharf.err"), "a"), text=True)
+            line = self.proc.stdout.readline()
+            self.startup = time.monotonic() - t0
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if not m:
+                raise RuntimeError("wharf did not start: " + line)
+            self.port = int(m.group(1))
+        else:
+            import socket
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+            s.close()
+            cfg = os.path.join(self.work, "dist.yml")
+            with open(cfg, "w") as f:
+                f.write(f"""version: 0.1
+log: {{level: error, accesslog: {{disabled: true}}}}
+storage:
+  cache: {{blobdescriptor: inmemory}}
+  filesystem: {{rootdirectory: {self.data}}}
+  delete: {{enabled: true}}
+http: {{addr: 127.0.0.1:{self.port}}}
+""")
+            t0 = time.monotonic()
+            self.proc = subprocess.Popen(["docker-registry", "serve", cfg],
+                                         stdout=open(os.path.join(self.work, "dist.out"), "a"), stderr=subprocess.STDOUT)
+            while True:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                    c.request("GET", "/v2/")
+                    c.getresponse().read()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError("docker-registry exited")
+                    time.sleep(0.02)
+            self.startup = time.monotonic() - t0
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def peak_rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 22)
+            if not b:
+                return "sha256:" + h.hexdigest()
+            h.update(b)
+
+
+def with_query(loc, q):
+    return loc + ("&" if "?" in loc else "?") + q
+
+
+def start_upload(c, repo):
+    c.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 202, r.status
+    loc = r.getheader("Location")
+    return re.sub(r"^https?://[^/]+", "", loc)
+
+
+def push_bytes(srv, repo, data, c=None):
+    c = c or srv.conn()
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    loc = start_upload(c, repo)
+    c.request("PUT", with_query(loc, "digest=" + d), body=data,
+              headers={"Content-Type": "application/octet-stream"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 201, (r.status, srv.kind)
+    return d
+
+
+def curl_time(args):
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", "Expect:"] + args,
+                         check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def record(name, unit, w, d, better):
+    results.append((name, unit, w, d, better))
+    log(f"  {name}: wharf {w:.3f} {unit}, distribution {d:.3f} {unit}")
+
+
+def bench_monolithic(servers, files):
+    times = {s.kind: [] for s in servers}
+    for i, (path, digest) in enumerate(files):
+        for s in servers:
+            loc = start_upload(s.conn(), f"bench/mono{i}")
+            code, t = curl_time(["-X", "PUT", "-T", path, "-H", "Content-Type: application/octet-stream",
+                                 s.base + with_query(loc, "digest=" + digest)])
+            assert code == 201, (s.kind, code)
+            times[s.kind].append(BLOB_MIB / t)
+    record(f"{BLOB_MIB} MiB monolithic push", "MiB/s", statistics.median(times["wharf"]),
+           statistics.median(times["dist"]), "higher")
+
+
+def bench_chunked(servers, files):
+    chunk = 16 << 20
+    times = {s.kind: [] for s in servers}
+    for i, (path, digest) in enumerate(files):
+        for s in servers:
+            c = s.conn()
+            t0 = time.monotonic()
+            loc = start_upload(c, f"bench/chunk{i}")
+            off = 0
+            with open(path, "rb") as f:
+                while True:
+                    b = f.read(chunk)
+                    if not b:
+                        break
+                    c.request("PATCH", loc, body=b, headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{off}-{off + len(b) - 1}"})
+                    r = c.getresponse()
+                    r.read()
+                    assert r.status == 202, (s.kind, r.status)
+                    loc = re.sub(r"^https?://[^/]+", "", r.getheader("Location"))
+                    off += len(b)
+            c.request("PUT", with_query(loc, "digest=" + digest), headers={"Content-Length": "0"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 201, (s.kind, r.status)
+            times[s.kind].append(BLOB_MIB / (time.monotonic() - t0))
+    record(f"{BLOB_MIB} MiB chunked push (16 MiB PATCHes)", "MiB/s", statistics.median(times["wharf"]),
+           statistics.median(times["dist"]), "higher")
+
+
+def bench_pull(servers, files):
+    path, digest = files[0]
+    times = {s.kind: [] for s in servers}
+    for s in servers:
+        curl_time([f"{s.base}/v2/bench/mono0/blobs/{digest}"])  # warm the page cache
+        for _ in range(REPS):
+            code, t = curl_time([f"{s.base}/v2/bench/mono0/blobs/{digest}"])
+            assert code == 200
+            times[s.kind].append(BLOB_MIB / t)
+    record(f"{BLOB_MIB} MiB warm pull", "MiB/s", statistics.median(times["wharf"]),
+           statistics.median(times["dist"]), "higher")
+
+
+def make_image(srv, repo, tags):
+    c = srv.conn()
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    layer = os.urandom(4096)
+    cd = push_bytes(srv, repo, cfg, c)
+    ld = push_bytes(srv, repo, layer, c)
+    m = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2,
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd, "size": len(cfg)},
+                    "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": ld, "size": len(layer)}]}).encode()
+    for t in tags:
+        c.request("PUT", f"/v2/{repo}/manifests/{t}", body=m, headers={"Content-Type": DOCKER_V2})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 201, (srv.kind, r.status)
+    return cd, len(cfg), ld, len(layer), m
+
+
+def wrk(url, extra=()):
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency", *extra, url],
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert not non2xx, f"wrk saw errors on {url}: {out}"
+    return rps, p99
+
+
+def ab_head(url, header):
+    out = subprocess.run(["ab", "-k", "-i", "-q", "-c", "64", "-t", str(SECONDS), "-n", "10000000", "-H", header, url],
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    p99 = float(re.search(r"\s99%\s+(\d+)", out).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    assert failed == 0 and not non2xx, f"ab saw errors on {url}: {out}"
+    return rps, p99
+
+
+def bench_requests(servers):
+    for s in servers:
+        make_image(s, "bench/app", ["latest"] + [f"v{i}" for i in range(100)])
+    acc = f"Accept: {DOCKER_V2}"
+    for name, path, tool in [("GET manifest by tag", "/v2/bench/app/manifests/latest", "wrk"),
+                             ("HEAD manifest by tag", "/v2/bench/app/manifests/latest", "ab"),
+                             ("GET tags/list (101 tags)", "/v2/bench/app/tags/list", "wrk")]:
+        r = {}
+        for s in servers:
+            runs = [wrk(s.base + path, ["-H", acc]) if tool == "wrk" else ab_head(s.base + path, acc) for _ in range(REPS)]
+            r[s.kind] = (statistics.median(x[0] for x in runs), statistics.median(x[1] for x in runs))
+        record(f"{name}, 64 connections", "req/s", r["wharf"][0], r["dist"][0], "higher")
+        record(f"{name}, p99 latency", "ms", r["wharf"][1], r["dist"][1], "lower")
+
+
+def populate(srv, n):
+    cd, cs, ld, ls, m = make_image(srv, "cat/base", ["latest"])
+
+    def one(batch):
+        c = srv.conn()
+        for i in batch:
+            repo = f"cat/r{i:05d}"
+            for d in (cd, ld):
+                c.request("POST", f"/v2/{repo}/blobs/uploads/?mount={d}&from=cat/base", headers={"Content-Length": "0"})
+                r = c.getresponse()
+                r.read()
+                assert r.status == 201, (srv.kind, r.status)
+            c.request("PUT", f"/v2/{repo}/manifests/latest", body=m, headers={"Content-Type": DOCKER_V2})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 201
+    batches = [range(k, n, 8) for k in range(8)]
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(one, batches))
+
+
+def walk_catalog(srv):
+    c = srv.conn()
+    path = "/v2/_catalog?n=100"
+    names = 0
+    while path:
+        c.request("GET", path)
+        r = c.getresponse()
+        body = json.loads(r.read())
+        names += len(body["repositories"])
+        link = r.getheader("Link")
+        path = re.search(r"<([^>]+)>", link).group(1) if link else None
+    return names
+
+
+def bench_catalog(servers):
+    for s in servers:
+        t0 = time.monotonic()
+        populate(s, REPOS)
+        log(f"  populated {REPOS} repositories in {s.kind} in {time.monotonic() - t0:.1f} s")
+    times = {}
+    for s in servers:
+        runs = []
+        for _ in range(REPS):
+            t0 = time.monotonic()
+            n = walk_catalog(s)
+            runs.append(time.monotonic() - t0)
+            assert n >= REPOS, (s.kind, n)
+        times[s.kind] = statistics.median(runs)
+    record(f"page _catalog through {REPOS} repositories (n=100)", "s", times["wharf"], times["dist"], "lower")
+
+
+def bench_memory(servers):
+    size = 8 << 20
+    blobs = [os.urandom(size) for _ in range(32)]
+    peaks = {}
+    for s in servers:
+        s.stop()
+        s.start()
+        with cf.ThreadPoolExecutor(32) as ex:
+            list(ex.map(lambda i: push_bytes(s, f"mem/r{i}", blobs[i]), range(32)))
+        peaks[s.kind] = s.peak_rss_mib()
+    record("server peak RSS, 32 concurrent 8 MiB pushes", "MiB", peaks["wharf"], peaks["dist"], "lower")
+
+
+def main():
+    for tool in ("docker-registry", "wrk", "ab", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run bench/run.sh, which installs it")
+    work = tempfile.mkdtemp(prefix="wharf-bench-", dir=os.environ.get("BENCH_DIR"))
+    servers = [Server("wharf", work), Server("dist", work)]
+    try:
+        for s in servers:
+            s.start()
+        log(f"wharf on :{servers[0].port}, distribution on :{servers[1].port}, work in {work}")
+        files = []
+        for i in range(REPS):
+            p = os.path.join(work, f"blob{i}")
+            subprocess.run(["openssl", "rand", "-out", p, str(BLOB_MIB << 20)], check=True)
+            files.append((p, sha256_file(p)))
+        log("push and pull")
+        bench_monolithic(servers, files)
+        bench_chunked(servers, files)
+        bench_pull(servers, files)
+        for p, _ in files:
+            os.remove(p)
+        log("requests per second")
+        bench_requests(servers)
+        log("catalog")
+        bench_catalog(servers)
+        for s in servers:
+            s.stop()
+            s.start()
+        record(f"start-up with {REPOS} repositories", "ms", servers[0].startup * 1000, servers[1].startup * 1000, "lower")
+        log("memory")
+        bench_memory(servers)
+    finally:
+        for s in servers:
+            s.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'figure':58} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
+    for name, unit, w, d, better in results:
+        ratio = (w / d if better == "higher" else d / w) if w and d else float("nan")
+        print(f"{name + ' (' + unit + ')':58} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
+    print("\nratio: how many times better Wharf is (throughput / distribution's, or distribution's time / Wharf's).")
+
+
+if __name__ == "__main__":
+    main()
