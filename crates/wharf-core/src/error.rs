@@ -50,10 +50,12 @@ impl From<StoreError> for CoreError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UploadNotFound(_) => CoreError::BlobUploadUnknown,
-            // The store holds fewer bytes than the metadata says. Data is
-            // fsynced before the metadata moves, so only a damaged disk or a
-            // tampered data directory gets here.
-            e @ StoreError::OffsetMismatch { .. } => CoreError::Internal(e.to_string()),
+            // The store holds fewer bytes than the metadata says: a power loss
+            // took unsynced upload data. The client must start again.
+            e @ StoreError::OffsetMismatch { .. } => {
+                tracing::warn!(error = %e, "upload data lost; the client must restart the upload");
+                CoreError::BlobUploadUnknown
+            }
             StoreError::Body(e) => CoreError::Body(e.to_string()),
             StoreError::Io(e) => CoreError::Internal(e.to_string()),
         }

@@ -75,8 +75,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Appends `data` to the upload, which the caller believes holds `offset`
     /// bytes. Bytes the store holds beyond `offset` (left by an append that failed
     /// half way) are discarded first; holding fewer is `OffsetMismatch`. On `Ok`
-    /// the new size is returned and the bytes are durable. On `Err` the upload
-    /// still holds at least its first `offset` bytes unchanged.
+    /// the new size is returned and the bytes survive a crash of the process,
+    /// though not necessarily a power loss (then a later call reports
+    /// `OffsetMismatch` and the client starts the upload again). On `Err` the
+    /// upload still holds at least its first `offset` bytes unchanged.
     async fn append_upload(
         &self,
         id: &str,
@@ -88,7 +90,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, StoreError>;
 
     /// Makes the first `size` bytes of the upload visible as blob `digest`,
-    /// atomically, and removes the upload. The caller has verified the digest.
+    /// atomically and durably, and removes the upload. The caller has verified
+    /// the digest. An upload holding fewer than `size` bytes is `OffsetMismatch`
+    /// and nothing becomes visible.
     async fn commit_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), StoreError>;
 
     /// Removes an upload's data. Removing an absent upload is not an error.

@@ -200,6 +200,12 @@ pub async fn uncommitted_is_invisible(store: &dyn BlobStore) {
         .await
         .unwrap();
     assert_eq!(store.stat(&d).await.unwrap(), None);
+    // Committing more bytes than are held publishes nothing.
+    assert!(matches!(
+        store.commit_upload("t-pending", 8, &d).await,
+        Err(StoreError::OffsetMismatch { actual: 7, .. })
+    ));
+    assert_eq!(store.stat(&d).await.unwrap(), None);
     store.delete_upload("t-pending").await.unwrap();
     assert!(matches!(
         store.commit_upload("t-pending", 7, &d).await,
