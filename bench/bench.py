@@ -7,7 +7,8 @@ prints medians and the ratio (Wharf / distribution, higher is better for
 throughput and requests per second, lower for time and memory).
 
 Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
-BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run).
+BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_ONLY (blobs,
+requests, catalog, memory).
 """
 import concurrent.futures as cf
 import hashlib
@@ -28,6 +29,12 @@ BLOB_MIB = int(os.environ.get("BENCH_BLOB_MIB", "1024"))
 REPOS = int(os.environ.get("BENCH_REPOS", "10000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+# Comma-separated subset of: blobs, requests, catalog, memory (default: all).
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+
+
+def wanted(section):
+    return not ONLY or section in ONLY
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 results = []  # (name, unit, wharf, dist, better)
@@ -349,27 +356,31 @@ def main():
         for s in servers:
             s.start()
         log(f"wharf on :{servers[0].port}, distribution on :{servers[1].port}, work in {work}")
-        files = []
-        for i in range(REPS):
-            p = os.path.join(work, f"blob{i}")
-            subprocess.run(["openssl", "rand", "-out", p, str(BLOB_MIB << 20)], check=True)
-            files.append((p, sha256_file(p)))
-        log("push and pull")
-        bench_monolithic(servers, files)
-        bench_chunked(servers, files)
-        bench_pull(servers, files)
-        for p, _ in files:
-            os.remove(p)
-        log("requests per second")
-        bench_requests(servers)
-        log("catalog")
-        bench_catalog(servers)
-        for s in servers:
-            s.stop()
-            s.start()
-        record(f"start-up with {REPOS} repositories", "ms", servers[0].startup * 1000, servers[1].startup * 1000, "lower")
-        log("memory")
-        bench_memory(servers)
+        if wanted("blobs"):
+            files = []
+            for i in range(REPS):
+                p = os.path.join(work, f"blob{i}")
+                subprocess.run(["openssl", "rand", "-out", p, str(BLOB_MIB << 20)], check=True)
+                files.append((p, sha256_file(p)))
+            log("push and pull")
+            bench_monolithic(servers, files)
+            bench_chunked(servers, files)
+            bench_pull(servers, files)
+            for p, _ in files:
+                os.remove(p)
+        if wanted("requests"):
+            log("requests per second")
+            bench_requests(servers)
+        if wanted("catalog"):
+            log("catalog")
+            bench_catalog(servers)
+            for s in servers:
+                s.stop()
+                s.start()
+            record(f"start-up with {REPOS} repositories", "ms", servers[0].startup * 1000, servers[1].startup * 1000, "lower")
+        if wanted("memory"):
+            log("memory")
+            bench_memory(servers)
     finally:
         for s in servers:
             s.stop()

@@ -17,6 +17,11 @@ client_skopeo() {
   else
     t="--tls-verify=false"; src="--src-tls-verify=false"; dst="--dest-tls-verify=false"
   fi
+  if [ "$MODE" = https ]; then
+    check_eq "https/HTTP2 negotiated" 2 "$(curl -sS --cacert "$CERTS/ca.crt" --http2 -o /dev/null -w '%{http_version}' "https://$REG/v2/")"
+    check_eq "https/HTTP1.1 still served" 1.1 "$(curl -sS --cacert "$CERTS/ca.crt" --http1.1 -o /dev/null -w '%{http_version}' "https://$REG/v2/")"
+    check "https/untrusted certificate refused" bash -c "! curl -sS -o /dev/null https://$REG/v2/"
+  fi
   check "skopeo/$MODE push" skopeo copy $dst "oci:$L:amd64" "docker://$REG/$p/app:1.0"
   check_eq "skopeo/$MODE pushed digest" "$(oci_manifest_digest "$L" amd64)" "$(reg_digest "$p/app" 1.0)"
   check "skopeo/$MODE pull" skopeo copy $src "docker://$REG/$p/app:1.0" "oci:$w/pulled:1.0"

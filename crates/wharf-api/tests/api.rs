@@ -1065,3 +1065,158 @@ async fn metrics_are_exported() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn stale_uploads_are_purged() {
+    let reg = TestRegistry::builder().spawn().await;
+    let r = reg
+        .client
+        .post(reg.url("/v2/purge/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    reg.client.patch(&loc).body("partial").send().await.unwrap();
+    // Younger than the age: kept.
+    let n = reg
+        .registry
+        .purge_stale_uploads(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 204);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let n = reg
+        .registry
+        .purge_stale_uploads(std::time::Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 404);
+    // Its bytes are gone from the upload area too.
+    assert_eq!(
+        std::fs::read_dir(reg.data.join("wharf/uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Thousands of malformed and odd requests: none may answer 5xx, and every
+/// error carries the OCI envelope.
+#[tokio::test]
+async fn arbitrary_requests_never_fail_with_500() {
+    let reg = TestRegistry::builder().spawn().await;
+    let (md, _) = reg.push_image("fz/app", "latest", "fuzz").await;
+    let long = "x".repeat(300);
+    let pieces: Vec<&str> = vec![
+        "fz",
+        "app",
+        "fz/app",
+        "_catalog",
+        "tags",
+        "list",
+        "manifests",
+        "blobs",
+        "uploads",
+        "referrers",
+        "latest",
+        &md,
+        "sha256:",
+        "sha512:abc",
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "..",
+        ".",
+        "%2F",
+        "%00",
+        "%ZZ",
+        "%FF",
+        "-x",
+        "",
+        "A",
+        &long,
+        "0f7e2a8c-1b3d-4e5f-8a9b-0c1d2e3f4a5b",
+        "a:b",
+    ];
+    let queries = [
+        "",
+        "?digest=sha256:zz",
+        "?digest=",
+        "?mount=sha256:zz&from=fz/app",
+        "?mount=&from=",
+        "?n=-1",
+        "?n=99999999999999999999999",
+        "?n=0",
+        "?last=%FF%FE",
+        "?artifactType=%00",
+        "?from=A&mount=x",
+    ];
+    let headers = [
+        ("content-range", "bytes=9-1"),
+        ("content-range", "999999999999999999999-1"),
+        ("content-range", "x"),
+        ("range", "bytes=5-1"),
+        ("range", "bytes=-"),
+        ("range", "bytes=99999999999999999999-"),
+        ("accept", ",,,;;"),
+        (
+            "content-type",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
+        ("content-type", "\u{1}"),
+    ];
+    let methods = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"];
+    let bodies: [&[u8]; 5] = [
+        b"",
+        b"{",
+        b"{\"schemaVersion\":2}",
+        b"\xff\xfe",
+        b"{\"schemaVersion\":2,\"manifests\":[{}]}",
+    ];
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    };
+    for _ in 0..1500 {
+        let depth = 1 + next(5);
+        let path: Vec<&str> = (0..depth).map(|_| pieces[next(pieces.len())]).collect();
+        let url = reg.url(&format!(
+            "/v2/{}{}",
+            path.join("/"),
+            queries[next(queries.len())]
+        ));
+        let method = reqwest::Method::from_bytes(methods[next(methods.len())].as_bytes()).unwrap();
+        let mut req = reg
+            .client
+            .request(method.clone(), &url)
+            .body(bodies[next(bodies.len())].to_vec());
+        for _ in 0..next(3) {
+            let (k, v) = headers[next(headers.len())];
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(v) {
+                req = req.header(k, v);
+            }
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        assert!(status.as_u16() < 500, "{method} {url} answered {status}");
+        if status.is_client_error() && method != reqwest::Method::HEAD {
+            let body = r.bytes().await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{method} {url}: error body is not JSON: {body:?}"));
+            assert!(v["errors"][0]["code"].is_string(), "{method} {url}: {v}");
+        }
+    }
+    // The registry still works afterwards.
+    assert_eq!(
+        reg.client
+            .get(reg.url("/v2/fz/app/manifests/latest"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -17,6 +17,7 @@ pub struct TestRegistryBuilder {
 
 pub struct TestRegistry {
     pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
     pub client: reqwest::Client,
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -82,7 +83,7 @@ impl TestRegistryBuilder {
             },
         ));
         let app = wharf_api::router(Arc::new(AppState {
-            registry,
+            registry: registry.clone(),
             config: ApiConfig::default(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,6 +99,7 @@ impl TestRegistryBuilder {
         });
         TestRegistry {
             addr,
+            registry,
             client: reqwest::Client::new(),
             data,
             _tmp: tmp,
