@@ -165,11 +165,17 @@ fn link(r: &mut Response, path: &str, n: usize, last: Option<&String>) {
 pub(crate) async fn tags(ctx: Ctx, name: RepoName) -> ApiResult {
     let (n, last) = paging(&ctx, MAX_PAGE)?;
     let page = ctx.st.registry.list_tags(&name, last.as_deref(), n).await?;
-    let mut r = json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "name": name.as_str(), "tags": page.items }),
-        None,
-    );
+    #[derive(serde::Serialize)]
+    struct TagList<'a> {
+        name: &'a str,
+        tags: &'a [String],
+    }
+    let body = serde_json::to_vec(&TagList {
+        name: name.as_str(),
+        tags: &page.items,
+    })
+    .map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?;
+    let mut r = bytes_response(body);
     if page.more {
         link(
             &mut r,
@@ -193,6 +199,12 @@ pub(crate) async fn catalog(ctx: Ctx) -> ApiResult {
         link(&mut r, "/v2/_catalog", n, page.items.last());
     }
     Ok(r)
+}
+
+fn bytes_response(body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    set_header(&mut r, "content-type", "application/json");
+    r
 }
 
 pub(crate) async fn referrers(ctx: Ctx, name: RepoName, digest: Digest) -> ApiResult {

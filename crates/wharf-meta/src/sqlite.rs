@@ -460,22 +460,27 @@ impl MetaStore for SqliteMeta {
     ) -> Result<Option<Page>, MetaError> {
         let (repo, last) = (repo.to_string(), last.unwrap_or("").to_owned());
         self.read(move |c| {
-            let repo_id: Option<i64> = c
-                .prepare_cached(
-                    "SELECT r.id FROM repositories r WHERE r.name = ?1 \
-                     AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
-                )?
-                .query_row([repo], |r| r.get(0))
-                .optional()?;
-            let Some(repo_id) = repo_id else {
-                return Ok(None);
-            };
             let mut st = c.prepare_cached(
-                "SELECT name FROM tags WHERE repo_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+                "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
+                 WHERE r.name = ?1 AND t.name > ?2 ORDER BY t.name LIMIT ?3",
             )?;
             let items = st
-                .query_map(params![repo_id, last, limit(n)], |r| r.get(0))?
+                .query_map(params![repo, last, limit(n)], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()?;
+            // Only an empty page needs to tell an unknown repository from one
+            // without (more) tags.
+            if items.is_empty() {
+                let exists: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT 1 FROM repositories r WHERE r.name = ?1 \
+                         AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
+                    )?
+                    .query_row([repo], |r| r.get(0))
+                    .optional()?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+            }
             Ok(Some(page(items, n)))
         })
         .await
