@@ -14,11 +14,6 @@ mod server;
 
 use config::Config;
 
-/// glibc's malloc showed up as a fifth of the CPU time of listing requests;
-/// mimalloc is faster for many small, short-lived allocations across threads.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "wharf",
