@@ -26,6 +26,66 @@ const MAX_IDLE_READERS: usize = 16;
 pub struct SqliteMeta {
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Arc<ReaderPool>,
+    tags: TagCache,
+}
+
+/// Repositories with at most this many tags have their tag list cached.
+const TAG_CACHE_MAX_LIST: usize = 10_000;
+/// The cache is emptied when it holds more tags than this in all.
+const TAG_CACHE_MAX_TOTAL: usize = 200_000;
+
+/// Sorted tag lists of recently listed repositories.
+///
+/// Sound because this process is the database's only writer: every write that
+/// changes a repository's tags invalidates its entry after committing, and
+/// before the write is acknowledged. A reader that queried the database before
+/// such a commit must not insert its stale list afterwards, so writers bump a
+/// generation under the lock and readers insert only if the generation they
+/// saw before querying is still current.
+#[derive(Default)]
+struct TagCache {
+    inner: Mutex<TagCacheInner>,
+}
+
+#[derive(Default)]
+struct TagCacheInner {
+    generation: u64,
+    lists: std::collections::HashMap<String, Arc<Vec<String>>>,
+    total: usize,
+}
+
+impl TagCache {
+    fn get(&self, repo: &str) -> (Option<Arc<Vec<String>>>, u64) {
+        match self.inner.lock() {
+            Ok(g) => (g.lists.get(repo).cloned(), g.generation),
+            Err(_) => (None, u64::MAX),
+        }
+    }
+
+    fn insert(&self, repo: &str, generation: u64, list: Arc<Vec<String>>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if g.generation != generation {
+            return;
+        }
+        if g.total + list.len() > TAG_CACHE_MAX_TOTAL {
+            g.lists.clear();
+            g.total = 0;
+        }
+        g.total += list.len();
+        if let Some(old) = g.lists.insert(repo.to_owned(), list) {
+            g.total -= old.len();
+        }
+    }
+
+    fn invalidate(&self, repo: &str) {
+        // A poisoned lock means a panic while holding it; recover the data, as
+        // skipping the invalidation would serve stale tags.
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.generation += 1;
+        if let Some(old) = g.lists.remove(repo) {
+            g.total -= old.len();
+        }
+    }
 }
 
 struct ReaderPool {
@@ -150,6 +210,7 @@ impl SqliteMeta {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            tags: TagCache::default(),
         })
     }
 
@@ -175,6 +236,43 @@ impl SqliteMeta {
             .await
             .map_err(backend)?
     }
+}
+
+impl SqliteMeta {
+    /// A page of tags straight from the database, for repositories too large
+    /// to cache.
+    async fn list_tags_paged(
+        &self,
+        repo: &RepoName,
+        last: String,
+        n: usize,
+    ) -> Result<Option<Page>, MetaError> {
+        let repo = repo.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
+                 WHERE r.name = ?1 AND t.name > ?2 ORDER BY t.name LIMIT ?3",
+            )?;
+            let items = st
+                .query_map(params![repo, last, limit(n)], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            if items.is_empty() && !repo_has_manifests(c, &repo)? {
+                return Ok(None);
+            }
+            Ok(Some(page(items, n)))
+        })
+        .await
+    }
+}
+
+fn repo_has_manifests(c: &Connection, repo: &str) -> Result<bool, MetaError> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM repositories r WHERE r.name = ?1 \
+         AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
+    )?
+    .query_row([repo], |r| r.get::<_, i64>(0))
+    .optional()?
+    .is_some())
 }
 
 #[cfg(unix)]
@@ -320,13 +418,15 @@ impl MetaStore for SqliteMeta {
         refs: &ManifestRefs,
         tag: Option<&Tag>,
     ) -> Result<(), MetaError> {
-        let (repo, m, refs, tag) = (
+        let tagged = tag.is_some();
+        let (repo_name, m, refs, tag) = (
             repo.to_string(),
             m.clone(),
             refs.clone(),
             tag.map(Tag::to_string),
         );
-        self.write(move |c| {
+        let repo = repo_name.clone();
+        let r = self.write(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let repo_id = repo_id_for_write(&tx, &repo)?;
@@ -381,7 +481,11 @@ impl MetaStore for SqliteMeta {
             tx.commit()?;
             Ok(())
         })
-        .await
+        .await;
+        if r.is_ok() && tagged {
+            self.tags.invalidate(&repo_name);
+        }
+        r
     }
 
     async fn manifest_by_tag(
@@ -426,30 +530,42 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
+        let (repo_name, digest) = (repo.to_string(), digest.to_string());
+        let repo = repo_name.clone();
         // Tags and reference edges go with it through ON DELETE CASCADE.
-        self.write(move |c| {
-            Ok(c.prepare_cached(
-                "DELETE FROM manifests WHERE digest = ?1 \
+        let changed = self
+            .write(move |c| {
+                Ok(c.prepare_cached(
+                    "DELETE FROM manifests WHERE digest = ?1 \
                  AND repo_id = (SELECT id FROM repositories WHERE name = ?2)",
-            )?
-            .execute([digest, repo])?
-                > 0)
-        })
-        .await
+                )?
+                .execute([digest, repo])?
+                    > 0)
+            })
+            .await?;
+        if changed {
+            self.tags.invalidate(&repo_name);
+        }
+        Ok(changed)
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |c| {
-            Ok(c.prepare_cached(
-                "DELETE FROM tags WHERE name = ?1 \
+        let (repo_name, tag) = (repo.to_string(), tag.to_string());
+        let repo = repo_name.clone();
+        let changed = self
+            .write(move |c| {
+                Ok(c.prepare_cached(
+                    "DELETE FROM tags WHERE name = ?1 \
                  AND repo_id = (SELECT id FROM repositories WHERE name = ?2)",
-            )?
-            .execute([tag, repo])?
-                > 0)
-        })
-        .await
+                )?
+                .execute([tag, repo])?
+                    > 0)
+            })
+            .await?;
+        if changed {
+            self.tags.invalidate(&repo_name);
+        }
+        Ok(changed)
     }
 
     async fn list_tags(
@@ -458,32 +574,46 @@ impl MetaStore for SqliteMeta {
         last: Option<&str>,
         n: usize,
     ) -> Result<Option<Page>, MetaError> {
-        let (repo, last) = (repo.to_string(), last.unwrap_or("").to_owned());
-        self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
-                 WHERE r.name = ?1 AND t.name > ?2 ORDER BY t.name LIMIT ?3",
-            )?;
-            let items = st
-                .query_map(params![repo, last, limit(n)], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            // Only an empty page needs to tell an unknown repository from one
-            // without (more) tags.
-            if items.is_empty() {
-                let exists: Option<i64> = c
-                    .prepare_cached(
-                        "SELECT 1 FROM repositories r WHERE r.name = ?1 \
-                         AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
-                    )?
-                    .query_row([repo], |r| r.get(0))
-                    .optional()?;
-                if exists.is_none() {
-                    return Ok(None);
+        let last = last.unwrap_or("").to_owned();
+        let (cached, generation) = self.tags.get(repo.as_str());
+        let all = match cached {
+            Some(list) => list,
+            None => {
+                let r = repo.to_string();
+                // The whole list if it is small enough to cache, else `None`.
+                let whole = self
+                    .read(move |c| {
+                        let mut st = c.prepare_cached(
+                            "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
+                             WHERE r.name = ?1 ORDER BY t.name LIMIT ?2",
+                        )?;
+                        let items = st
+                            .query_map(params![r, limit(TAG_CACHE_MAX_LIST)], |row| row.get(0))?
+                            .collect::<Result<Vec<String>, _>>()?;
+                        if items.is_empty() && !repo_has_manifests(c, &r)? {
+                            return Ok(Err(()));
+                        }
+                        Ok(Ok((items.len() <= TAG_CACHE_MAX_LIST).then_some(items)))
+                    })
+                    .await?;
+                match whole {
+                    Err(()) => return Ok(None),
+                    Ok(Some(items)) => {
+                        let list = Arc::new(items);
+                        self.tags.insert(repo.as_str(), generation, list.clone());
+                        list
+                    }
+                    Ok(None) => return self.list_tags_paged(repo, last, n).await,
                 }
             }
-            Ok(Some(page(items, n)))
-        })
-        .await
+        };
+        let start = all.partition_point(|t| t.as_str() <= last.as_str());
+        let items: Vec<String> = all[start..]
+            .iter()
+            .take(n.saturating_add(1))
+            .cloned()
+            .collect();
+        Ok(Some(page(items, n)))
     }
 
     async fn list_repositories(&self, last: Option<&str>, n: usize) -> Result<Page, MetaError> {

@@ -29,6 +29,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     manifests_need_their_references(meta).await;
     tags_and_deletes(meta).await;
     listings_paginate(meta).await;
+    listings_follow_writes(meta).await;
     referrers(meta).await;
     uploads(meta).await;
 }
@@ -223,6 +224,70 @@ pub async fn listings_paginate(meta: &dyn MetaStore) {
     assert!(p.more);
     let p = meta.list_tags(&repo, None, 0).await.unwrap().unwrap();
     assert!(p.items.is_empty() && p.more);
+}
+
+/// A listing reflects every write acknowledged before it, however often the
+/// repository was listed in between (backends may cache).
+pub async fn listings_follow_writes(meta: &dyn MetaStore) {
+    let repo = name("follow/app");
+    let none = ManifestRefs::default();
+    let m1 = manifest("follow one", None, None);
+    let m2 = manifest("follow two", None, None);
+    let tags = |p: Option<crate::Page>| p.map(|p| p.items);
+    assert_eq!(tags(meta.list_tags(&repo, None, 100).await.unwrap()), None);
+    meta.put_manifest(&repo, &m1, &none, None).await.unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec![])
+    );
+    meta.put_manifest(&repo, &m1, &none, Some(&tag("b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec!["b".into()])
+    );
+    meta.put_manifest(&repo, &m2, &none, Some(&tag("a")))
+        .await
+        .unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(
+        tags(meta.list_tags(&repo, Some("a"), 100).await.unwrap()),
+        Some(vec!["b".into()])
+    );
+    meta.delete_tag(&repo, &tag("b")).await.unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec!["a".into()])
+    );
+    meta.delete_manifest(&repo, &m2.digest).await.unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec![])
+    );
+    meta.delete_manifest(&repo, &m1.digest).await.unwrap();
+    assert_eq!(tags(meta.list_tags(&repo, None, 100).await.unwrap()), None);
+
+    // Concurrent writers and listers: once every write is done, a listing
+    // shows all of them.
+    let repo2 = name("follow/busy");
+    let writes = (0..40).map(|i| {
+        let repo2 = repo2.clone();
+        let m1 = m1.clone();
+        let none = none.clone();
+        async move {
+            meta.put_manifest(&repo2, &m1, &none, Some(&tag(&format!("t{i:02}"))))
+                .await
+                .unwrap();
+            meta.list_tags(&repo2, None, 1000).await.unwrap();
+        }
+    });
+    futures::future::join_all(writes).await;
+    let all = meta.list_tags(&repo2, None, 1000).await.unwrap().unwrap();
+    assert_eq!(all.items.len(), 40);
 }
 
 pub async fn referrers(meta: &dyn MetaStore) {
