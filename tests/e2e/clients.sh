@@ -194,3 +194,38 @@ TOML
   check "ctr/$MODE pull one platform" $CTR images pull $t --platform linux/arm64 "$REG/$p/multi:latest"
   check "ctr/$MODE arm64 content present" bash -c "$CTR content ls | grep -q $(oci_manifest_digest "$L" arm64)"
 }
+
+# A full disk: Wharf on a small tmpfs. A push that does not fit fails, leaves
+# no blob visible and gives its space back; what was stored before still pulls
+# back identical, and pushes that fit work again.
+client_diskfull() {
+  local w=$WORK/diskfull
+  mkdir -p "$w/mnt"
+  mount -t tmpfs -o size=24m tmpfs "$w/mnt" || { FAIL=$((FAIL + 1)); FAILED_NAMES+=("diskfull: mount"); return; }
+  WHARF_DATA=$w/mnt/data start_wharf diskfull-server || { umount "$w/mnt"; FAIL=$((FAIL + 1)); return; }
+  local blobs=$w/mnt/data/docker/registry/v2/blobs
+  check "diskfull push an image that fits" skopeo copy --dest-tls-verify=false "oci:$L:amd64" "docker://$REG/full/app:1.0"
+  head -c $((40 << 20)) /dev/urandom >"$w/big"
+  local d; d=sha256:$(sha256sum "$w/big" | cut -d' ' -f1)
+  local code
+  code=$(curl -s -o "$w/resp" -w '%{http_code}' -H 'Expect:' --data-binary @"$w/big" "http://$REG/v2/full/big/blobs/uploads/?digest=$d")
+  check "diskfull monolithic push that does not fit fails" test "$code" != 201
+  check "diskfull error is the JSON envelope" jq -e '.errors[0].code' "$w/resp"
+  check "diskfull failed blob not visible" test "$(curl -s -o /dev/null -w '%{http_code}' -I "http://$REG/v2/full/big/blobs/$d")" = 404
+  check "diskfull no leftover upload data" test -z "$(find "$w/mnt/data/wharf/uploads" -type f -size +0)"
+  local loc
+  loc=$(curl -si -X POST "http://$REG/v2/full/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH -H 'Expect:' --data-binary @"$w/big" "$loc")
+  check "diskfull chunk that does not fit fails" test "$code" != 202
+  check "diskfull failed chunk gave its space back" test -z "$(find "$w/mnt/data/wharf/uploads" -type f -size +0)"
+  check "diskfull session still usable" test "$(curl -s -o /dev/null -w '%{http_code}' "$loc")" = 204
+  check "diskfull every stored blob matches its digest" bash -c '
+    for f in $(find '"$blobs"' -name data); do
+      h=$(sha256sum "$f" | cut -d" " -f1); [ "$h" = "$(basename "$(dirname "$f")")" ] || { echo "bad $f"; exit 1; }
+    done'
+  check "diskfull earlier image pulls back" skopeo copy --src-tls-verify=false "docker://$REG/full/app:1.0" "oci:$w/pulled:1.0"
+  check_eq "diskfull earlier image identical" "$(oci_manifest_digest "$L" amd64)" "$(oci_manifest_digest "$w/pulled" 1.0)"
+  check "diskfull push that fits works again" skopeo copy --dest-tls-verify=false "oci:$L:arm64" "docker://$REG/full/app:arm64"
+  stop_wharf
+  umount "$w/mnt"
+}

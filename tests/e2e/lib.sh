@@ -33,7 +33,7 @@ start_wharf() {
   local dir=$WORK/$name
   mkdir -p "$dir"
   : >"$dir/out.log"
-  "$WHARF" serve --data "$dir/data" --addr 127.0.0.1:${WHARF_FIXED_PORT:-0} "$@" >>"$dir/out.log" 2>>"$dir/err.log" &
+  "$WHARF" serve --data "${WHARF_DATA:-$dir/data}" --addr 127.0.0.1:${WHARF_FIXED_PORT:-0} "$@" >>"$dir/out.log" 2>>"$dir/err.log" &
   WHARF_PID=$!
   local i line=""
   # Wait for the line wharf prints once its port is bound (not a blind sleep).

@@ -16,7 +16,7 @@ export WORK WHARF
 . "$HERE/clients.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull)
 
 cleanup() {
   stop_wharf; stop_dockerd; stop_containerd
@@ -35,6 +35,12 @@ for c in "${CLIENTS[@]}"; do
     docker) start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(dockerd); continue; } ;;
     ctr) start_containerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(containerd); continue; } ;;
   esac
+  if [ "$c" = diskfull ]; then
+    MODE=http SCHEME=http CURL_TLS=""
+    echo "--- full disk"
+    client_diskfull
+    continue
+  fi
   for MODE in http https; do
     if [ "$MODE" = https ]; then
       SCHEME=https; CURL_TLS="--cacert $CERTS/ca.crt"

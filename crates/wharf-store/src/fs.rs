@@ -402,7 +402,20 @@ impl BlobStore for FsBlobStore {
             let _ = tx.send(batch.freeze()).await;
         }
         drop(tx);
-        let written = writer.await.map_err(std::io::Error::other)??;
+        let written = writer.await.map_err(std::io::Error::other).and_then(|r| r);
+        if body_err.is_some() || written.is_err() {
+            // Give the space back now (the disk may be full), not at the next
+            // append or when the session is purged days later.
+            let path = self.upload_path(id);
+            let _ = blocking(move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(offset)
+            })
+            .await;
+        }
+        let written = written?;
         if let Some(e) = body_err {
             return Err(StoreError::Body(e));
         }
@@ -512,6 +525,29 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn failed_append_gives_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).unwrap();
+        store.create_upload("u").await.unwrap();
+        let ok: ByteStream = futures::stream::iter([Ok(Bytes::from_static(b"good"))]).boxed();
+        store.append_upload("u", 0, ok).await.unwrap();
+        let big = Bytes::from(vec![7u8; 3 << 20]);
+        let failing: ByteStream = futures::stream::iter([
+            Ok(big),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "gone",
+            )),
+        ])
+        .boxed();
+        assert!(store.append_upload("u", 4, failing).await.is_err());
+        let len = std::fs::metadata(dir.path().join("wharf/uploads/u"))
+            .unwrap()
+            .len();
+        assert_eq!(len, 4, "the failed append's bytes still take disk space");
     }
 
     #[tokio::test]

@@ -106,16 +106,19 @@ fn init_logging(cfg: &Config) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::new(f),
         _ => {
-            let mut f = format!("{},sqlx=warn,hyper=warn,h2=warn,rustls=warn", cfg.log.level);
+            let mut f = format!("{},hyper=warn,h2=warn,rustls=warn", cfg.log.level);
             if cfg.log.accesslog_disabled {
                 f.push_str(",wharf::access=off");
             }
             EnvFilter::new(f)
         }
     };
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never into log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if cfg.log.formatter == "text" {
         builder.init();
     } else {
