@@ -2,66 +2,53 @@
 
 mod harness;
 
+use reqwest::Method;
+
 use harness::*;
 
 #[tokio::test]
 async fn base_and_unknown_routes() {
     let reg = TestRegistry::builder().spawn().await;
     for path in ["/v2/", "/v2"] {
-        let r = reg.client.get(reg.url(path)).send().await.unwrap();
+        let r = reg.send(Method::GET, path).await;
         assert_eq!(r.status(), 200);
         assert_eq!(
             r.headers()["docker-distribution-api-version"],
             "registry/2.0"
         );
     }
-    let r = reg.client.get(reg.url("/nope")).send().await.unwrap();
+    let r = reg.send(Method::GET, "/nope").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NOT_FOUND");
-    let r = reg.client.get(reg.url("/v2/a/b")).send().await.unwrap();
+    let r = reg.send(Method::GET, "/v2/a/b").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NOT_FOUND");
-    let r = reg
-        .client
-        .get(reg.url("/v2/UPPER/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/UPPER/tags/list").await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "NAME_INVALID");
-    let r = reg
-        .client
-        .post(reg.url("/v2/a/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/a/tags/list").await;
     assert_eq!(r.status(), 405);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
-    let r = reg
-        .client
-        .get(reg.url("/v2/a/blobs/sha256:1234"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/a/blobs/sha256:1234").await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     let r = reg
-        .client
-        .get(reg.url("/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            "/v2/a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
+        )
+        .await;
     assert_eq!(r.status(), 400);
     // Percent-encoded digests are decoded.
     let d = reg.push_blob("enc", b"x").await;
     let r = reg
-        .client
-        .head(reg.url(&format!("/v2/enc/blobs/{}", d.replace(':', "%3A"))))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::HEAD,
+            &format!("/v2/enc/blobs/{}", d.replace(':', "%3A")),
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let r = reg.client.get(reg.url("/healthz")).send().await.unwrap();
+    let r = reg.send(Method::GET, "/healthz").await;
     assert_eq!(r.status(), 200);
 }
 
@@ -71,21 +58,13 @@ async fn monolithic_blob_get_head_range() {
     let data: Vec<u8> = (0..100u8).collect();
     let d = reg.push_blob("a/b/c", &data).await;
     let r = reg
-        .client
-        .head(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, &format!("/v2/a/b/c/blobs/{d}"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "100");
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     assert_eq!(r.headers()["accept-ranges"], "bytes");
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/a/b/c/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, &format!("/v2/a/b/c/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
 
     let r = reg
@@ -118,20 +97,12 @@ async fn monolithic_blob_get_head_range() {
     assert_eq!(r.headers()["content-range"], "bytes */100");
 
     // Another repository cannot see it.
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/other/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, &format!("/v2/other/blobs/{d}")).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
     let r = reg
-        .client
-        .head(reg.url(&format!("/v2/other/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, &format!("/v2/other/blobs/{d}"))
+        .await;
     assert_eq!(r.status(), 404);
 
     // A wrong digest stores nothing.
@@ -146,11 +117,8 @@ async fn monolithic_blob_get_head_range() {
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     let r = reg
-        .client
-        .head(reg.url(&format!("/v2/a/blobs/{wrong}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, &format!("/v2/a/blobs/{wrong}"))
+        .await;
     assert_eq!(r.status(), 404);
     // Empty blob.
     reg.push_blob("a", b"").await;
@@ -162,12 +130,7 @@ async fn chunked_upload_flows() {
     let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     let d = sha256(&data);
 
-    let r = reg
-        .client
-        .post(reg.url("/v2/x/y/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/x/y/blobs/uploads/").await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["range"], "0-0");
     let uuid = r.headers()["docker-upload-uuid"]
@@ -255,12 +218,7 @@ async fn chunked_upload_flows() {
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/x/y/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, &format!("/v2/x/y/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
     // The session is gone.
     let r = reg.client.get(&loc).send().await.unwrap();
@@ -268,12 +226,7 @@ async fn chunked_upload_flows() {
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 
     // PUT with the whole body (ctr, oras, dxf style), and a missing digest.
-    let r = reg
-        .client
-        .post(reg.url("/v2/x/y/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/x/y/blobs/uploads/").await;
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     let r = reg.client.put(&loc).body("abc").send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -288,32 +241,19 @@ async fn chunked_upload_flows() {
     assert_eq!(r.status(), 201);
 
     // Cancel.
-    let r = reg
-        .client
-        .post(reg.url("/v2/x/y/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/x/y/blobs/uploads/").await;
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(reg.client.delete(&loc).send().await.unwrap().status(), 204);
     assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 404);
     // An upload is bound to its repository, and ids are validated.
-    let r = reg
-        .client
-        .post(reg.url("/v2/x/y/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/x/y/blobs/uploads/").await;
     let id = r.headers()["docker-upload-uuid"]
         .to_str()
         .unwrap()
         .to_owned();
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/other/blobs/uploads/{id}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/other/blobs/uploads/{id}"))
+        .await;
     assert_eq!(r.status(), 404);
     let r = reg
         .client
@@ -338,12 +278,7 @@ async fn sha512_blobs_and_manifests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let r = reg
-        .client
-        .get(reg.url(&format!("/v2/s/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, &format!("/v2/s/blobs/{d}")).await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), data);
     let cd = reg.push_blob("s", b"{}").await;
     let m = image_manifest(&cd, 2, &[(&d, data.len())], None);
@@ -352,11 +287,8 @@ async fn sha512_blobs_and_manifests() {
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/s/manifests/{md}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/s/manifests/{md}"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
 }
@@ -366,13 +298,11 @@ async fn cross_repository_mount() {
     let reg = TestRegistry::builder().spawn().await;
     let d = reg.push_blob("src/app", b"shared layer").await;
     let r = reg
-        .client
-        .post(reg.url(&format!(
-            "/v2/dst/app/blobs/uploads/?mount={d}&from=src/app"
-        )))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            &format!("/v2/dst/app/blobs/uploads/?mount={d}&from=src/app"),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     assert!(
@@ -382,57 +312,46 @@ async fn cross_repository_mount() {
             .ends_with(&format!("/v2/dst/app/blobs/{d}"))
     );
     assert_eq!(
-        reg.client
-            .head(reg.url(&format!("/v2/dst/app/blobs/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::HEAD, &format!("/v2/dst/app/blobs/{d}"))
+            .await,
         200
     );
     // Not visible in `from`: a normal session.
     let r = reg
-        .client
-        .post(reg.url(&format!("/v2/third/blobs/uploads/?mount={d}&from=nowhere")))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            &format!("/v2/third/blobs/uploads/?mount={d}&from=nowhere"),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     assert!(r.headers().contains_key("docker-upload-uuid"));
     assert_eq!(
-        reg.client
-            .head(reg.url(&format!("/v2/third/blobs/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::HEAD, &format!("/v2/third/blobs/{d}"))
+            .await,
         404
     );
     // Without `from`, an existing blob is mounted.
     let r = reg
-        .client
-        .post(reg.url(&format!("/v2/fourth/blobs/uploads/?mount={d}")))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            &format!("/v2/fourth/blobs/uploads/?mount={d}"),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     // Unknown blob without from: session.
     let r = reg
-        .client
-        .post(reg.url(&format!(
-            "/v2/fourth/blobs/uploads/?mount={}",
-            sha256(b"unknown")
-        )))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            &format!("/v2/fourth/blobs/uploads/?mount={}", sha256(b"unknown")),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let r = reg
-        .client
-        .post(reg.url("/v2/fourth/blobs/uploads/?mount=sha256:bad&from=src/app"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "/v2/fourth/blobs/uploads/?mount=sha256:bad&from=src/app",
+        )
+        .await;
     assert_eq!(r.status(), 400);
 }
 
@@ -442,22 +361,16 @@ async fn manifests_by_tag_and_digest() {
     let (md, m) = reg.push_image("lib/app", "1.0", "one").await;
     for reference in ["1.0", md.as_str()] {
         let r = reg
-            .client
-            .get(reg.url(&format!("/v2/lib/app/manifests/{reference}")))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::GET, &format!("/v2/lib/app/manifests/{reference}"))
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
         assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
         assert_eq!(r.bytes().await.unwrap().as_ref(), m.as_slice());
         let r = reg
-            .client
-            .head(reg.url(&format!("/v2/lib/app/manifests/{reference}")))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::HEAD, &format!("/v2/lib/app/manifests/{reference}"))
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
         assert_eq!(r.headers()["docker-content-digest"], md.as_str());
@@ -500,20 +413,12 @@ async fn manifests_by_tag_and_digest() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let r = reg
-        .client
-        .get(reg.url("/v2/lib/app/manifests/2.0"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/lib/app/manifests/2.0").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/lib/other/manifests/{md}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/lib/other/manifests/{md}"))
+        .await;
     assert_eq!(r.status(), 404);
 
     // Put by digest: the digest must match the body.
@@ -603,12 +508,7 @@ async fn manifest_validation() {
         .unwrap();
     assert_eq!(r.status(), 413);
     // Nothing of it was stored.
-    let r = reg
-        .client
-        .get(reg.url("/v2/v/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/v/tags/list").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
 }
@@ -625,12 +525,7 @@ async fn index_docker_types_and_artifacts() {
         .put_manifest("multi", "latest", &list, DOCKER_LIST)
         .await;
     assert_eq!(r.status(), 201);
-    let r = reg
-        .client
-        .get(reg.url("/v2/multi/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/multi/manifests/latest").await;
     assert_eq!(r.headers()["content-type"], DOCKER_LIST);
 
     // Docker schema 2 manifest, and dxf's trick of using any blob as config.
@@ -667,24 +562,19 @@ async fn index_docker_types_and_artifacts() {
     );
 
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/art/referrers/{subject}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/art/referrers/{subject}"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(!r.headers().contains_key("oci-filters-applied"));
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 2);
     let r = reg
-        .client
-        .get(reg.url(&format!(
-            "/v2/art/referrers/{subject}?artifactType=application/vnd.example.sig"
-        )))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            &format!("/v2/art/referrers/{subject}?artifactType=application/vnd.example.sig"),
+        )
+        .await;
     assert_eq!(r.headers()["oci-filters-applied"], "artifactType");
     let v: serde_json::Value = r.json().await.unwrap();
     let ms = v["manifests"].as_array().unwrap();
@@ -695,11 +585,11 @@ async fn index_docker_types_and_artifacts() {
     assert_eq!(ms[0]["annotations"]["org.example.signer"], "alice");
     // No referrers: an empty index, 200.
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/art/referrers/{}", sha256(b"none"))))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::GET,
+            &format!("/v2/art/referrers/{}", sha256(b"none")),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 0);
@@ -712,24 +602,14 @@ async fn tag_and_catalog_pagination() {
     for t in ["b", "a", "c", "v1.10", "v1.2"] {
         reg.push_image("pg/app", t, "same").await;
     }
-    let r = reg
-        .client
-        .get(reg.url("/v2/pg/app/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/pg/app/tags/list").await;
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["name"], "pg/app");
     assert_eq!(
         v["tags"],
         serde_json::json!(["a", "b", "c", "v1.10", "v1.2"])
     );
-    let r = reg
-        .client
-        .get(reg.url("/v2/pg/app/tags/list?n=2"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/pg/app/tags/list?n=2").await;
     assert_eq!(
         r.headers()["link"],
         "</v2/pg/app/tags/list?n=2&last=b>; rel=\"next\""
@@ -737,46 +617,25 @@ async fn tag_and_catalog_pagination() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
     let r = reg
-        .client
-        .get(reg.url("/v2/pg/app/tags/list?n=2&last=b"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/v2/pg/app/tags/list?n=2&last=b")
+        .await;
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["c", "v1.10"]));
     let r = reg
-        .client
-        .get(reg.url("/v2/pg/app/tags/list?n=10&last=v1.10"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, "/v2/pg/app/tags/list?n=10&last=v1.10")
+        .await;
     assert!(!r.headers().contains_key("link"));
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["v1.2"]));
-    let r = reg
-        .client
-        .get(reg.url("/v2/pg/app/tags/list?n=x"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/pg/app/tags/list?n=x").await;
     assert_eq!(r.status(), 400);
-    let r = reg
-        .client
-        .get(reg.url("/v2/pg/none/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/pg/none/tags/list").await;
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
 
     for n in ["zeta", "alpha/one", "alpha", "mid/x/y"] {
         reg.push_image(n, "latest", n).await;
     }
-    let r = reg
-        .client
-        .get(reg.url("/v2/_catalog"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::GET, "/v2/_catalog").await;
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
         v["repositories"],
@@ -816,11 +675,8 @@ async fn deletes() {
     reg.put_manifest(
         "del",
         "two",
-        &reg.client
-            .get(reg.url("/v2/del/manifests/one"))
-            .send()
+        &reg.send(Method::GET, "/v2/del/manifests/one")
             .await
-            .unwrap()
             .bytes()
             .await
             .unwrap(),
@@ -828,91 +684,39 @@ async fn deletes() {
     )
     .await;
     // Deleting a tag removes only that tag.
-    let r = reg
-        .client
-        .delete(reg.url("/v2/del/manifests/one"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::DELETE, "/v2/del/manifests/one").await;
     assert_eq!(r.status(), 202);
+    assert_eq!(reg.status(Method::GET, "/v2/del/manifests/one").await, 404);
+    assert_eq!(reg.status(Method::GET, "/v2/del/manifests/two").await, 200);
     assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del/manifests/one"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del/manifests/two"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::GET, &format!("/v2/del/manifests/{md}"))
+            .await,
         200
     );
-    assert_eq!(
-        reg.client
-            .get(reg.url(&format!("/v2/del/manifests/{md}")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let r = reg
-        .client
-        .delete(reg.url("/v2/del/manifests/one"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::DELETE, "/v2/del/manifests/one").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
     // Deleting by digest removes the manifest and its tags.
     let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/del/manifests/{md}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/v2/del/manifests/{md}"))
+        .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del/manifests/two"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(reg.status(Method::GET, "/v2/del/manifests/two").await, 404);
     // Blob delete.
     let d = reg.push_blob("del", b"blob to delete").await;
     assert_eq!(
-        reg.client
-            .delete(reg.url(&format!("/v2/del/blobs/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::DELETE, &format!("/v2/del/blobs/{d}"))
+            .await,
         202
     );
     assert_eq!(
-        reg.client
-            .head(reg.url(&format!("/v2/del/blobs/{d}")))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::HEAD, &format!("/v2/del/blobs/{d}"))
+            .await,
         404
     );
     let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/del/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/v2/del/blobs/{d}"))
+        .await;
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
 
     // With deletes disabled: 405 UNSUPPORTED, nothing removed.
@@ -924,22 +728,11 @@ async fn deletes() {
         .await;
     let (md, _) = reg.push_image("del2", "v", "y").await;
     let r = reg
-        .client
-        .delete(reg.url(&format!("/v2/del2/manifests/{md}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/v2/del2/manifests/{md}"))
+        .await;
     assert_eq!(r.status(), 405);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
-    assert_eq!(
-        reg.client
-            .get(reg.url("/v2/del2/manifests/v"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(reg.status(Method::GET, "/v2/del2/manifests/v").await, 200);
     drop(data);
 }
 
@@ -948,12 +741,7 @@ async fn upload_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let reg = TestRegistry::builder().data(dir.path()).spawn().await;
-    let r = reg
-        .client
-        .post(reg.url("/v2/restart/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/restart/blobs/uploads/").await;
     let path = r.headers()["location"]
         .to_str()
         .unwrap()
@@ -972,7 +760,7 @@ async fn upload_survives_restart() {
     reg.stop().await;
 
     let reg = TestRegistry::builder().data(dir.path()).spawn().await;
-    let r = reg.client.get(reg.url(&path)).send().await.unwrap();
+    let r = reg.send(Method::GET, &path).await;
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["range"], "0-119999");
     let r = reg
@@ -993,11 +781,8 @@ async fn upload_survives_restart() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let r = reg
-        .client
-        .get(reg.url(&format!("/v2/restart/blobs/{d}")))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/v2/restart/blobs/{d}"))
+        .await;
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
 }
 
@@ -1017,11 +802,11 @@ async fn concurrent_pushes_of_one_blob() {
     }
     for i in 0..3 {
         let r = reg
-            .client
-            .get(reg.url(&format!("/v2/conc/r{i}/blobs/{}", sha256(&data))))
-            .send()
-            .await
-            .unwrap();
+            .send(
+                Method::GET,
+                &format!("/v2/conc/r{i}/blobs/{}", sha256(&data)),
+            )
+            .await;
         assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
     }
 }
@@ -1030,19 +815,14 @@ async fn concurrent_pushes_of_one_blob() {
 async fn metrics_are_exported() {
     let reg = TestRegistry::builder().spawn().await;
     reg.push_blob("m", b"metrics").await;
-    reg.client
-        .get(reg.url(
-            "/v2/m/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        ))
-        .send()
-        .await
-        .unwrap();
+    reg.send(
+        Method::GET,
+        "/v2/m/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    )
+    .await;
     let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
+        .send(Method::GET, "/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -1069,12 +849,7 @@ async fn metrics_are_exported() {
 #[tokio::test]
 async fn stale_uploads_are_purged() {
     let reg = TestRegistry::builder().spawn().await;
-    let r = reg
-        .client
-        .post(reg.url("/v2/purge/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = reg.send(Method::POST, "/v2/purge/blobs/uploads/").await;
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     reg.client.patch(&loc).body("partial").send().await.unwrap();
     // Younger than the age: kept.
@@ -1211,12 +986,7 @@ async fn arbitrary_requests_never_fail_with_500() {
     }
     // The registry still works afterwards.
     assert_eq!(
-        reg.client
-            .get(reg.url("/v2/fz/app/manifests/latest"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        reg.status(Method::GET, "/v2/fz/app/manifests/latest").await,
         200
     );
 }

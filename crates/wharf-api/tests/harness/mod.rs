@@ -37,6 +37,26 @@ impl TestRegistry {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A bodiless request to `path`.
+    pub async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The status of a bodiless request to `path`.
+    pub async fn status(&self, method: reqwest::Method, path: &str) -> u16 {
+        self.client
+            .request(method, self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Stops the server and waits until it has let go of the data directory.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.shutdown.take() {
