@@ -118,8 +118,9 @@ client_docker() {
   check "docker/$MODE push" docker push "$REG/$p/app:1.0"
   check "docker/$MODE remove local copy" docker rmi "$REG/$p/app:1.0"
   check "docker/$MODE pull" docker pull "$REG/$p/app:1.0"
-  check_eq "docker/$MODE pulled digest" "$REG/$p/app@$(reg_digest "$p/app" 1.0)" \
-    "$(docker inspect --format '{{index .RepoDigests 0}}' "$REG/$p/app:1.0")"
+  # The daemon is shared by the HTTP and HTTPS runs, so the image may carry
+  # repo digests from both registries: ours must be among them.
+  check "docker/$MODE pulled digest" bash -c "docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $REG/$p/app:1.0 | grep -qxF '$REG/$p/app@$(reg_digest "$p/app" 1.0)'"
   local before; before=$(mounts)
   check "docker/$MODE tag for another repository" docker tag "$REG/$p/app:1.0" "$REG/$p/other:1.0"
   check "docker/$MODE push to another repository" docker push "$REG/$p/other:1.0"
