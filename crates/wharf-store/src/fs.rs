@@ -52,7 +52,8 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range only reads its integer arguments; the fd is
     // valid for the duration of the call because `file` is borrowed.
-    let rc = unsafe {
+    // Only a hint: failure costs speed, not correctness (commit fsyncs).
+    let _ = unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             offset as libc::off64_t,
@@ -60,8 +61,6 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         )
     };
-    // Only a hint: failure costs speed, not correctness (commit fsyncs).
-    let _ = rc;
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -317,10 +316,10 @@ impl BlobStore for FsBlobStore {
                 None => (0, size),
             };
             file.seek(SeekFrom::Start(start))?;
-            Ok(Some((file, size, start, len)))
+            Ok(Some((file, size, len)))
         })
         .await?;
-        Ok(opened.map(|(file, size, _start, len)| BlobRead {
+        Ok(opened.map(|(file, size, len)| BlobRead {
             size,
             stream: file_stream(file, len),
         }))
