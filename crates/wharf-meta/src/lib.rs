@@ -7,7 +7,13 @@
 
 use wharf_oci::{Digest, RepoName, Tag};
 
+pub mod auth;
 pub mod sqlite;
+
+pub use auth::{
+    AuditEntry, AuditFilter, AuthStore, Credential, CredentialKind, Member, Permission, Project,
+    Role, User,
+};
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
@@ -22,6 +28,12 @@ pub enum MetaError {
     /// The record changed under the caller (e.g. an upload's offset moved).
     #[error("conflicting concurrent change")]
     Conflict,
+    /// A record with this key exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A record the operation refers to does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
     #[error("metadata backend error: {0}")]
     Backend(String),
 }

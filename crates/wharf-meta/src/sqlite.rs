@@ -16,10 +16,15 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use wharf_oci::{Digest, RepoName, Tag};
 
+mod auth;
+
 use crate::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, Referrer, Upload};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_core.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_core.sql"),
+    include_str!("../migrations/sqlite/0002_auth.sql"),
+];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
 
@@ -781,6 +786,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
         crate::testsuite::run_all(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn auth_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        crate::testsuite::auth::run_all(&meta).await;
     }
 
     #[tokio::test]

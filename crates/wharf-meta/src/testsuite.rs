@@ -379,3 +379,285 @@ pub async fn uploads(meta: &dyn MetaStore) {
         Err(MetaError::Conflict)
     ));
 }
+
+/// The contract suite for [`crate::AuthStore`] backends, on a fresh store.
+pub mod auth {
+    use crate::{
+        AuditEntry, AuditFilter, AuthStore, Credential, CredentialKind, MetaError, Permission,
+        Project, Role, User,
+    };
+
+    fn user(name: &str) -> User {
+        User {
+            name: name.into(),
+            password_hash: format!("hash-of-{name}"),
+            admin: false,
+            created_at_ms: 1,
+            password_changed_at_ms: 1,
+        }
+    }
+
+    fn project(name: &str, public: bool) -> Project {
+        Project {
+            name: name.into(),
+            public,
+            created_at_ms: 1,
+        }
+    }
+
+    fn credential(kind: CredentialKind, owner: &str, name: &str, secret: u8) -> Credential {
+        Credential {
+            kind,
+            owner: owner.into(),
+            name: name.into(),
+            secret_hash: vec![secret; 32],
+            permissions: vec![Permission {
+                project: "p".into(),
+                actions: vec!["pull".into(), "push".into()],
+            }],
+            expires_at_ms: Some(99),
+            created_at_ms: 5,
+            created_by: "admin".into(),
+        }
+    }
+
+    pub async fn run_all(s: &dyn AuthStore) {
+        users(s).await;
+        projects_and_members(s).await;
+        credentials(s).await;
+        audit(s).await;
+    }
+
+    pub async fn users(s: &dyn AuthStore) {
+        assert_eq!(s.user("alice").await.unwrap(), None);
+        s.create_user(&user("alice")).await.unwrap();
+        assert!(matches!(
+            s.create_user(&user("alice")).await,
+            Err(MetaError::AlreadyExists(_))
+        ));
+        s.create_user(&user("bob")).await.unwrap();
+        assert_eq!(s.user("alice").await.unwrap(), Some(user("alice")));
+        let names: Vec<_> = s
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert!(s.set_password("alice", "new", 7).await.unwrap());
+        assert!(!s.set_password("nobody", "new", 7).await.unwrap());
+        let a = s.user("alice").await.unwrap().unwrap();
+        assert_eq!(
+            (a.password_hash.as_str(), a.password_changed_at_ms),
+            ("new", 7)
+        );
+        assert!(s.set_admin("alice", true).await.unwrap());
+        assert!(s.user("alice").await.unwrap().unwrap().admin);
+        assert!(!s.set_admin("nobody", true).await.unwrap());
+        assert!(s.delete_user("bob").await.unwrap());
+        assert!(!s.delete_user("bob").await.unwrap());
+        assert_eq!(s.user("bob").await.unwrap(), None);
+    }
+
+    pub async fn projects_and_members(s: &dyn AuthStore) {
+        s.create_project(&project("team", false)).await.unwrap();
+        s.create_project(&project("apps", true)).await.unwrap();
+        assert!(matches!(
+            s.create_project(&project("team", true)).await,
+            Err(MetaError::AlreadyExists(_))
+        ));
+        let names: Vec<_> = s
+            .projects()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["apps", "team"]);
+        assert!(s.set_project_public("team", true).await.unwrap());
+        assert!(s.project("team").await.unwrap().unwrap().public);
+        assert!(!s.set_project_public("nope", true).await.unwrap());
+
+        s.create_user(&user("carol")).await.unwrap();
+        s.create_user(&user("dave")).await.unwrap();
+        s.set_member("team", "carol", Role::Developer)
+            .await
+            .unwrap();
+        s.set_member("team", "carol", Role::Maintainer)
+            .await
+            .unwrap(); // changes the role
+        s.set_member("apps", "carol", Role::Guest).await.unwrap();
+        s.set_member("team", "dave", Role::LimitedGuest)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.set_member("nope", "carol", Role::Guest).await,
+            Err(MetaError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.set_member("team", "nobody", Role::Guest).await,
+            Err(MetaError::NotFound(_))
+        ));
+        let m = s.members("team").await.unwrap();
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.user.as_str(), m.role))
+                .collect::<Vec<_>>(),
+            [("carol", Role::Maintainer), ("dave", Role::LimitedGuest)]
+        );
+        assert_eq!(
+            s.roles_of("carol").await.unwrap(),
+            [
+                ("apps".to_string(), Role::Guest),
+                ("team".to_string(), Role::Maintainer)
+            ]
+        );
+        assert!(s.remove_member("apps", "carol").await.unwrap());
+        assert!(!s.remove_member("apps", "carol").await.unwrap());
+        // Deleting a user or a project removes its memberships.
+        assert!(s.delete_user("dave").await.unwrap());
+        assert_eq!(s.members("team").await.unwrap().len(), 1);
+        assert!(s.delete_project("team").await.unwrap());
+        assert!(!s.delete_project("team").await.unwrap());
+        assert!(s.roles_of("carol").await.unwrap().is_empty());
+        assert!(s.project("team").await.unwrap().is_none());
+    }
+
+    pub async fn credentials(s: &dyn AuthStore) {
+        use CredentialKind::{Robot, Token};
+        s.create_user(&user("erin")).await.unwrap();
+        let robot = credential(Robot, "", "ci", 1);
+        s.create_credential(&robot).await.unwrap();
+        assert!(matches!(
+            s.create_credential(&credential(Robot, "", "ci", 2)).await,
+            Err(MetaError::AlreadyExists(_))
+        ));
+        // The same name is fine for another kind or owner.
+        s.create_credential(&credential(Token, "erin", "ci", 3))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_credential(&credential(Token, "nobody", "x", 4))
+                .await,
+            Err(MetaError::NotFound(_))
+        ));
+        assert_eq!(
+            s.credential_by_secret_hash(&[1; 32]).await.unwrap(),
+            Some(robot.clone())
+        );
+        assert_eq!(s.credential_by_secret_hash(&[9; 32]).await.unwrap(), None);
+        assert_eq!(s.credentials(Robot, None).await.unwrap(), [robot]);
+        assert_eq!(s.credentials(Token, Some("erin")).await.unwrap().len(), 1);
+        assert!(s.credentials(Token, Some("zed")).await.unwrap().is_empty());
+        assert!(s.delete_credential(Robot, "", "ci").await.unwrap());
+        assert!(!s.delete_credential(Robot, "", "ci").await.unwrap());
+        assert_eq!(s.credential_by_secret_hash(&[1; 32]).await.unwrap(), None);
+        // A user's tokens go with the user.
+        s.delete_user("erin").await.unwrap();
+        assert_eq!(s.credential_by_secret_hash(&[3; 32]).await.unwrap(), None);
+    }
+
+    pub async fn audit(s: &dyn AuthStore) {
+        let e = |at: i64, actor: &str, action: &str, resource: &str, outcome: &str| AuditEntry {
+            at_ms: at,
+            actor: actor.into(),
+            addr: "127.0.0.1".into(),
+            action: action.into(),
+            resource: resource.into(),
+            outcome: outcome.into(),
+            detail: None,
+        };
+        s.append_audit(&[]).await.unwrap();
+        s.append_audit(&[
+            e(10, "alice", "push", "team/app:1", "ok"),
+            e(20, "bob", "pull", "team/app:1", "ok"),
+            e(30, "alice", "login", "", "failed"),
+            e(40, "alice", "pull", "team_x/app:1", "denied"),
+        ])
+        .await
+        .unwrap();
+        let all = s
+            .audit(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|(_, e)| e.at_ms).collect::<Vec<_>>(),
+            [40, 30, 20, 10],
+            "newest first"
+        );
+        let q = |f: AuditFilter| async move {
+            s.audit(&AuditFilter { limit: 10, ..f })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.at_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            q(AuditFilter {
+                actor: Some("alice".into()),
+                ..Default::default()
+            })
+            .await,
+            [40, 30, 10]
+        );
+        assert_eq!(
+            q(AuditFilter {
+                action: Some("pull".into()),
+                ..Default::default()
+            })
+            .await,
+            [40, 20]
+        );
+        // `_` in a prefix is literal, not a wildcard.
+        assert_eq!(
+            q(AuditFilter {
+                resource_prefix: Some("team_".into()),
+                ..Default::default()
+            })
+            .await,
+            [40]
+        );
+        assert_eq!(
+            q(AuditFilter {
+                outcome: Some("failed".into()),
+                ..Default::default()
+            })
+            .await,
+            [30]
+        );
+        assert_eq!(
+            q(AuditFilter {
+                since_ms: Some(20),
+                until_ms: Some(40),
+                ..Default::default()
+            })
+            .await,
+            [30, 20]
+        );
+        assert_eq!(
+            q(AuditFilter {
+                before_id: Some(all[1].0),
+                ..Default::default()
+            })
+            .await,
+            [20, 10]
+        );
+        assert_eq!(
+            s.audit(&AuditFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+            1
+        );
+        assert_eq!(s.prune_audit(25).await.unwrap(), 2);
+        assert_eq!(q(AuditFilter::default()).await, [40, 30]);
+    }
+}
