@@ -11,4 +11,4 @@ mod name;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
-pub use name::{NameError, Reference, ReferenceError, RepoName, Tag};
+pub use name::{NameError, Reference, ReferenceError, RepoName, Tag, is_name_component};

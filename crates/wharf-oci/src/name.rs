@@ -26,6 +26,11 @@ impl RepoName {
     }
 }
 
+/// Whether `c` is one `/`-free component of a repository name.
+pub fn is_name_component(c: &str) -> bool {
+    c.len() <= MAX_NAME_LEN && valid_component(c)
+}
+
 fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();

@@ -1,0 +1,847 @@
+//! Authentication and authorisation.
+//!
+//! - [`Auth::basic`] turns a user name and password (htpasswd, a local user,
+//!   a robot account, a personal access token) into a [`Principal`].
+//! - [`Auth::grant`] decides what a principal may do to a resource, from
+//!   projects, roles and credentials' permissions.
+//! - [`Auth::issue`] and [`Auth::verify_bearer`] are the two halves of Docker's
+//!   token protocol: signed, short-lived JWTs whose `access` claim holds only
+//!   what was granted.
+//!
+//! The HTTP side (challenges, the token endpoint) lives in `wharf-api`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wharf_meta::{AuditEntry, AuthStore, CredentialKind, MetaError, Permission, Role, User};
+use wharf_oci::RepoName;
+
+pub mod audit;
+pub mod htpasswd;
+pub mod password;
+pub mod scope;
+mod throttle;
+pub mod token;
+
+pub use audit::{AuditLog, now_ms};
+pub use scope::{AccessEntry, Action, Actions, Resource, Scope, project_of};
+use throttle::Throttle;
+use token::{Audience, Claims, Signer, TokenError, Verifier};
+
+/// Prefix of personal access tokens, so they are recognisable in a password field.
+pub const PAT_PREFIX: &str = "wharf_pat_";
+/// Prefix of robot account secrets.
+pub const ROBOT_SECRET_PREFIX: &str = "wharf_robot_";
+/// Robot accounts log in as `robot$<name>` (as in Harbor).
+pub const ROBOT_USER_PREFIX: &str = "robot$";
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    /// A local user.
+    User {
+        name: String,
+        admin: bool,
+    },
+    /// A user of the htpasswd file: like distribution, every action on everything.
+    Htpasswd {
+        name: String,
+    },
+    /// A robot account, limited to its permissions.
+    Robot {
+        name: String,
+        permissions: Vec<Permission>,
+    },
+    /// A user's personal access token: the user's rights, cut down to the
+    /// token's permissions.
+    UserToken {
+        user: String,
+        admin: bool,
+        token: String,
+        permissions: Vec<Permission>,
+    },
+    /// The subject of an external issuer's token; its access is in the token.
+    External {
+        sub: String,
+    },
+}
+
+impl Principal {
+    /// The name recorded in audit records and tokens' `sub`.
+    pub fn subject(&self) -> String {
+        match self {
+            Principal::Anonymous => String::new(),
+            Principal::User { name, .. } | Principal::Htpasswd { name } => name.clone(),
+            Principal::Robot { name, .. } => format!("{ROBOT_USER_PREFIX}{name}"),
+            Principal::UserToken { user, .. } => user.clone(),
+            Principal::External { sub } => sub.clone(),
+        }
+    }
+
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Anonymous => "anonymous".into(),
+            Principal::UserToken { user, token, .. } => format!("{user} (token {token})"),
+            p => p.subject(),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::User { admin, .. } => *admin,
+            Principal::Htpasswd { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("too many failed logins; retry in {0} s")]
+    Throttled(u64),
+    #[error("{0}")]
+    BadToken(#[from] TokenError),
+    #[error("{0}")]
+    Store(#[from] MetaError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How clients authenticate.
+pub enum Mode {
+    /// distribution's `auth.htpasswd`: Basic authentication on every request.
+    Htpasswd {
+        realm: String,
+        file: htpasswd::Htpasswd,
+    },
+    /// Wharf's users, projects and roles, with its own token service.
+    Builtin { signer: Signer },
+    /// distribution's `auth.token`: tokens from an external issuer.
+    External { realm: String },
+}
+
+pub struct Settings {
+    /// The `service` clients ask tokens for, and tokens' audience.
+    pub service: String,
+    /// Tokens' `iss`.
+    pub issuer: String,
+    pub token_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// How long a verified password is remembered (saves an argon2 or bcrypt
+    /// run per request). Changes made through Wharf invalidate it at once.
+    pub credential_cache_ttl: Duration,
+    pub max_failed_logins: u32,
+    pub failed_login_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            service: "wharf".into(),
+            issuer: "wharf".into(),
+            token_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            credential_cache_ttl: Duration::from_secs(60),
+            max_failed_logins: 10,
+            failed_login_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An entry of a small bounded cache.
+struct Cached<T> {
+    value: T,
+    until: Instant,
+    epoch: u64,
+}
+
+const CACHE_MAX: usize = 10_000;
+
+struct BoundedCache<T> {
+    map: Mutex<HashMap<Vec<u8>, Cached<T>>>,
+}
+
+impl<T: Clone> BoundedCache<T> {
+    fn new() -> Self {
+        BoundedCache {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &[u8], epoch: u64) -> Option<T> {
+        let g = self.map.lock().ok()?;
+        let c = g.get(key)?;
+        (c.epoch == epoch && c.until > Instant::now()).then(|| c.value.clone())
+    }
+
+    fn put(&self, key: Vec<u8>, value: T, until: Instant, epoch: u64) {
+        let Ok(mut g) = self.map.lock() else { return };
+        if g.len() >= CACHE_MAX {
+            let now = Instant::now();
+            g.retain(|_, c| c.until > now && c.epoch == epoch);
+            if g.len() >= CACHE_MAX {
+                g.clear();
+            }
+        }
+        g.insert(
+            key,
+            Cached {
+                value,
+                until,
+                epoch,
+            },
+        );
+    }
+}
+
+/// A verified bearer token.
+#[derive(Debug, Clone)]
+pub struct BearerToken {
+    pub claims: Arc<Claims>,
+}
+
+impl BearerToken {
+    /// The actions the token grants on `resource`.
+    pub fn granted(&self, resource: &Resource) -> Actions {
+        scope::granted(&self.claims.access, resource)
+    }
+}
+
+/// What the token endpoint returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub issued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// Which projects' repositories a principal may see listed.
+#[derive(Debug, Clone)]
+pub enum Visibility {
+    All,
+    Projects(HashSet<String>),
+}
+
+impl Visibility {
+    pub fn shows(&self, repo: &str) -> bool {
+        match self {
+            Visibility::All => true,
+            Visibility::Projects(p) => {
+                let project = repo.split_once('/').map_or("library", |(p, _)| p);
+                p.contains(project)
+            }
+        }
+    }
+}
+
+fn role_actions(r: Role) -> Actions {
+    match r {
+        Role::ProjectAdmin | Role::Maintainer => Actions::ALL,
+        Role::Developer => Actions::PULL.union(Actions::PUSH),
+        Role::Guest | Role::LimitedGuest => Actions::PULL,
+    }
+}
+
+fn permission_actions(perms: &[Permission], project: &str) -> Actions {
+    perms
+        .iter()
+        .filter(|p| p.project == project || p.project == "*")
+        .fold(Actions::NONE, |acc, p| {
+            acc.union(Actions::parse_list(&p.actions.join(",")))
+        })
+}
+
+pub struct Auth {
+    store: Arc<dyn AuthStore>,
+    mode: Mode,
+    settings: Settings,
+    verifier: Option<Verifier>,
+    throttle: Throttle,
+    /// Bumped by every change to users or credentials: cached logins die.
+    epoch: AtomicU64,
+    logins: BoundedCache<Principal>,
+    tokens: BoundedCache<Arc<Claims>>,
+    cache_salt: [u8; 32],
+    audit: AuditLog,
+}
+
+impl Auth {
+    /// `verify_keys` are the keys bearer tokens are checked with: the
+    /// signer's own for `Builtin`, the configured bundle for `External`.
+    pub fn new(
+        store: Arc<dyn AuthStore>,
+        mode: Mode,
+        settings: Settings,
+        external_keys: Vec<token::VerifyKey>,
+        audit: AuditLog,
+    ) -> Auth {
+        let verifier = match &mode {
+            Mode::Builtin { signer } => Some(Verifier::new(
+                vec![signer.verify_key()],
+                settings.issuer.clone(),
+                settings.service.clone(),
+            )),
+            Mode::External { .. } => Some(Verifier::new(
+                external_keys,
+                settings.issuer.clone(),
+                settings.service.clone(),
+            )),
+            Mode::Htpasswd { .. } => None,
+        };
+        Auth {
+            store,
+            throttle: Throttle::new(settings.max_failed_logins, settings.failed_login_window),
+            mode,
+            settings,
+            verifier,
+            epoch: AtomicU64::new(0),
+            logins: BoundedCache::new(),
+            tokens: BoundedCache::new(),
+            cache_salt: rand::random(),
+            audit,
+        }
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuthStore> {
+        &self.store
+    }
+
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Forgets remembered logins; call after changing users or credentials.
+    pub fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub async fn audit(
+        &self,
+        actor: &str,
+        addr: Option<IpAddr>,
+        action: &str,
+        resource: &str,
+        outcome: &str,
+    ) {
+        self.audit
+            .record(AuditEntry {
+                at_ms: now_ms(),
+                actor: actor.to_owned(),
+                addr: addr.map(|a| a.to_string()).unwrap_or_default(),
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+                outcome: outcome.to_owned(),
+                detail: None,
+            })
+            .await;
+    }
+
+    fn login_key(&self, user: &str, password: &str) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.cache_salt);
+        h.update(user.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().to_vec()
+    }
+
+    /// Checks a user name and password. Unknown names cost what wrong
+    /// passwords cost; failures count towards the address's throttle.
+    pub async fn basic(
+        &self,
+        user: &str,
+        password: &str,
+        addr: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(a) = addr {
+            self.throttle.check(a).map_err(AuthError::Throttled)?;
+        }
+        if let Mode::Htpasswd { file, .. } = &self.mode
+            && file.refresh()
+        {
+            self.invalidate();
+        }
+        let key = self.login_key(user, password);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if let Some(p) = self.logins.get(&key, epoch) {
+            return Ok(p);
+        }
+        let found = self.check_password(user, password).await?;
+        match found {
+            Some(p) => {
+                if let Some(a) = addr {
+                    self.throttle.success(a);
+                }
+                self.logins.put(
+                    key,
+                    p.clone(),
+                    Instant::now() + self.settings.credential_cache_ttl,
+                    epoch,
+                );
+                self.audit(&p.actor(), addr, "login", "", "ok").await;
+                Ok(p)
+            }
+            None => {
+                if let Some(a) = addr {
+                    self.throttle.failure(a);
+                }
+                metrics::counter!("wharf_login_failures_total").increment(1);
+                self.audit(user, addr, "login", "", "failed").await;
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<Principal>, AuthError> {
+        let (user, password) = (user.to_owned(), password.to_owned());
+        match &self.mode {
+            Mode::Htpasswd { file, .. } => {
+                // bcrypt takes milliseconds: keep it off the async workers.
+                let ok = tokio::task::block_in_place(|| file.verify(&user, &password));
+                Ok(ok.then_some(Principal::Htpasswd { name: user }))
+            }
+            Mode::External { .. } => Ok(None),
+            Mode::Builtin { .. } => {
+                if let Some(robot) = user.strip_prefix(ROBOT_USER_PREFIX) {
+                    let c = self
+                        .store
+                        .credential_by_secret_hash(&password::secret_hash(&password))
+                        .await?;
+                    return Ok(c
+                        .filter(|c| {
+                            c.kind == CredentialKind::Robot
+                                && c.name == robot
+                                && !expired(c.expires_at_ms)
+                        })
+                        .map(|c| Principal::Robot {
+                            name: c.name,
+                            permissions: c.permissions,
+                        }));
+                }
+                if password.starts_with(PAT_PREFIX) {
+                    let c = self
+                        .store
+                        .credential_by_secret_hash(&password::secret_hash(&password))
+                        .await?;
+                    let Some(c) = c.filter(|c| {
+                        c.kind == CredentialKind::Token
+                            && c.owner == user
+                            && !expired(c.expires_at_ms)
+                    }) else {
+                        return Ok(None);
+                    };
+                    let Some(u) = self.store.user(&user).await? else {
+                        return Ok(None);
+                    };
+                    return Ok(Some(Principal::UserToken {
+                        user: u.name,
+                        admin: u.admin,
+                        token: c.name,
+                        permissions: c.permissions,
+                    }));
+                }
+                let record = self.store.user(&user).await?;
+                let ok = tokio::task::block_in_place(|| match &record {
+                    Some(u) => password::verify(&u.password_hash, &password),
+                    None => {
+                        password::verify_dummy(&password);
+                        false
+                    }
+                });
+                Ok(match (ok, record) {
+                    (true, Some(u)) => Some(Principal::User {
+                        name: u.name,
+                        admin: u.admin,
+                    }),
+                    _ => None,
+                })
+            }
+        }
+    }
+
+    /// What `p` may do to `resource`, within `wanted`.
+    pub async fn grant(
+        &self,
+        p: &Principal,
+        resource: &Resource,
+        wanted: Actions,
+    ) -> Result<Actions, AuthError> {
+        let repo = match resource {
+            // Everyone may ask for the catalog; it shows only what they may see.
+            Resource::Catalog => return Ok(wanted),
+            Resource::Repository(r) => r,
+        };
+        if p.is_admin() {
+            return Ok(wanted);
+        }
+        let project = project_of(repo);
+        let public = match self.store.project(project).await? {
+            Some(pr) => pr.public,
+            None => false,
+        };
+        let base = if public { Actions::PULL } else { Actions::NONE };
+        let may = match p {
+            Principal::Anonymous => base,
+            Principal::User { name, .. } => base.union(self.role_in(name, project).await?),
+            Principal::Robot { permissions, .. } => {
+                base.union(permission_actions(permissions, project))
+            }
+            Principal::UserToken {
+                user,
+                permissions,
+                admin,
+                ..
+            } => {
+                let owner = if *admin {
+                    Actions::ALL
+                } else {
+                    base.union(self.role_in(user, project).await?)
+                };
+                owner.intersect(permission_actions(permissions, project).union(base))
+            }
+            Principal::Htpasswd { .. } => Actions::ALL,
+            Principal::External { .. } => Actions::NONE,
+        };
+        Ok(may.intersect(wanted))
+    }
+
+    async fn role_in(&self, user: &str, project: &str) -> Result<Actions, AuthError> {
+        Ok(self
+            .store
+            .roles_of(user)
+            .await?
+            .into_iter()
+            .find(|(p, _)| p == project)
+            .map_or(Actions::NONE, |(_, r)| role_actions(r)))
+    }
+
+    /// Which repositories `p` sees in listings.
+    pub async fn visibility(&self, p: &Principal) -> Result<Visibility, AuthError> {
+        if p.is_admin() {
+            return Ok(Visibility::All);
+        }
+        let mut set: HashSet<String> = self
+            .store
+            .projects()
+            .await?
+            .into_iter()
+            .filter(|p| p.public)
+            .map(|p| p.name)
+            .collect();
+        match p {
+            Principal::User { name, .. } => {
+                for (project, role) in self.store.roles_of(name).await? {
+                    if role != Role::LimitedGuest {
+                        set.insert(project);
+                    }
+                }
+            }
+            Principal::Robot { permissions, .. } | Principal::UserToken { permissions, .. } => {
+                let all_projects = permissions.iter().any(|x| x.project == "*");
+                let owner_roles = match p {
+                    Principal::UserToken { user, .. } => Some(self.store.roles_of(user).await?),
+                    _ => None,
+                };
+                let candidates: Vec<String> = if all_projects {
+                    self.store
+                        .projects()
+                        .await?
+                        .into_iter()
+                        .map(|p| p.name)
+                        .collect()
+                } else {
+                    permissions.iter().map(|x| x.project.clone()).collect()
+                };
+                for project in candidates {
+                    if !permission_actions(permissions, &project).contains(Actions::PULL) {
+                        continue;
+                    }
+                    let owner_ok = match &owner_roles {
+                        None => true,
+                        Some(roles) => {
+                            p.is_admin()
+                                || matches!(p, Principal::UserToken { admin: true, .. })
+                                || roles
+                                    .iter()
+                                    .any(|(pr, r)| *pr == project && *r != Role::LimitedGuest)
+                        }
+                    };
+                    if owner_ok {
+                        set.insert(project);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(Visibility::Projects(set))
+    }
+
+    /// Whether `p` may list `repo`'s tags (limited guests may not).
+    pub async fn may_list(&self, p: &Principal, repo: &RepoName) -> Result<bool, AuthError> {
+        Ok(self.visibility(p).await?.shows(repo.as_str()))
+    }
+
+    /// Issues a token granting `p` what it may do of `scopes`, and a refresh
+    /// token if asked (`offline_token=true`) and `p` is not anonymous.
+    pub async fn issue(
+        &self,
+        p: &Principal,
+        scopes: &[Scope],
+        offline: bool,
+    ) -> Result<TokenResponse, AuthError> {
+        let Mode::Builtin { signer } = &self.mode else {
+            return Err(AuthError::Internal("this registry issues no tokens".into()));
+        };
+        let mut access = Vec::new();
+        for s in scopes {
+            let granted = self.grant(p, &s.resource, s.actions).await?;
+            if !granted.is_empty() {
+                access.push(AccessEntry::from(&Scope {
+                    resource: s.resource.clone(),
+                    actions: granted,
+                }));
+            }
+        }
+        let now = now_ms() / 1000;
+        let ttl = self.settings.token_ttl.as_secs();
+        let via = match p {
+            Principal::UserToken { token, .. } => Some(format!("pat:{token}")),
+            _ => None,
+        };
+        let claims = Claims {
+            iss: self.settings.issuer.clone(),
+            sub: p.subject(),
+            aud: Audience::One(self.settings.service.clone()),
+            exp: now + ttl as i64,
+            nbf: now,
+            iat: now,
+            jti: password::random_secret(""),
+            access,
+            wharf_use: None,
+            wharf_via: via.clone(),
+        };
+        let token = signer.sign(&claims)?;
+        let refresh_token = if offline && *p != Principal::Anonymous {
+            let r = Claims {
+                exp: now + self.settings.refresh_ttl.as_secs() as i64,
+                access: Vec::new(),
+                wharf_use: Some("refresh".into()),
+                jti: password::random_secret(""),
+                ..claims
+            };
+            Some(signer.sign(&r)?)
+        } else {
+            None
+        };
+        Ok(TokenResponse {
+            access_token: token.clone(),
+            token,
+            expires_in: ttl,
+            issued_at: rfc3339(now),
+            refresh_token,
+        })
+    }
+
+    /// The principal a refresh token stands for, if it is still valid: the
+    /// user, robot or access token still exists and (for a user) the
+    /// password has not changed since the refresh token was issued.
+    pub async fn refresh(&self, token: &str, addr: Option<IpAddr>) -> Result<Principal, AuthError> {
+        if let Some(a) = addr {
+            self.throttle.check(a).map_err(AuthError::Throttled)?;
+        }
+        let fail = |e: AuthError| {
+            if let Some(a) = addr {
+                self.throttle.failure(a);
+            }
+            e
+        };
+        let verifier = self.verifier.as_ref().ok_or(AuthError::Unauthorized)?;
+        let c = verifier
+            .verify(token, now_ms() / 1000)
+            .map_err(|e| fail(e.into()))?;
+        if c.wharf_use.as_deref() != Some("refresh") {
+            return Err(fail(AuthError::BadCredentials));
+        }
+        let p = self.principal_of(&c).await?;
+        if let Principal::User { name, .. } | Principal::UserToken { user: name, .. } = &p {
+            let u = self.store.user(name).await?;
+            if u.is_none_or(|u: User| u.password_changed_at_ms / 1000 > c.iat) {
+                return Err(fail(AuthError::BadCredentials));
+            }
+        }
+        if p == Principal::Anonymous {
+            return Err(fail(AuthError::BadCredentials));
+        }
+        Ok(p)
+    }
+
+    /// Resolves a token's subject to a principal as it stands now.
+    pub async fn principal_of(&self, c: &Claims) -> Result<Principal, AuthError> {
+        if !matches!(self.mode, Mode::Builtin { .. }) {
+            return Ok(Principal::External { sub: c.sub.clone() });
+        }
+        if c.sub.is_empty() {
+            return Ok(Principal::Anonymous);
+        }
+        if let Some(robot) = c.sub.strip_prefix(ROBOT_USER_PREFIX) {
+            let found = self
+                .store
+                .credentials(CredentialKind::Robot, Some(""))
+                .await?
+                .into_iter()
+                .find(|r| r.name == robot && !expired(r.expires_at_ms));
+            return Ok(found.map_or(Principal::Anonymous, |r| Principal::Robot {
+                name: r.name,
+                permissions: r.permissions,
+            }));
+        }
+        let Some(u) = self.store.user(&c.sub).await? else {
+            return Ok(Principal::Anonymous);
+        };
+        if let Some(pat) = c.wharf_via.as_deref().and_then(|v| v.strip_prefix("pat:")) {
+            let found = self
+                .store
+                .credentials(CredentialKind::Token, Some(&u.name))
+                .await?
+                .into_iter()
+                .find(|t| t.name == pat && !expired(t.expires_at_ms));
+            return Ok(
+                found.map_or(Principal::Anonymous, |t| Principal::UserToken {
+                    user: u.name.clone(),
+                    admin: u.admin,
+                    token: t.name,
+                    permissions: t.permissions,
+                }),
+            );
+        }
+        Ok(Principal::User {
+            name: u.name,
+            admin: u.admin,
+        })
+    }
+
+    /// Verifies a bearer token (cached until it expires: a token is checked
+    /// once, not on every request it rides on).
+    pub fn verify_bearer(&self, token: &str) -> Result<BearerToken, AuthError> {
+        let verifier = self.verifier.as_ref().ok_or(AuthError::Unauthorized)?;
+        let key = token.as_bytes();
+        if let Some(c) = self.tokens.get(key, 0)
+            && c.exp > now_ms() / 1000
+        {
+            return Ok(BearerToken { claims: c });
+        }
+        let now = now_ms() / 1000;
+        let c = verifier.verify(token, now)?;
+        if c.wharf_use.is_some() {
+            return Err(AuthError::BadToken(TokenError::Malformed));
+        }
+        let c = Arc::new(c);
+        let left = u64::try_from(c.exp - now).unwrap_or(0);
+        self.tokens.put(
+            key.to_vec(),
+            c.clone(),
+            Instant::now() + Duration::from_secs(left),
+            0,
+        );
+        Ok(BearerToken { claims: c })
+    }
+
+    /// Creates the first administrator if no administrator exists. Returns
+    /// the generated password when none was given.
+    pub async fn bootstrap_admin(
+        &self,
+        name: &str,
+        given: Option<String>,
+    ) -> Result<Option<String>, AuthError> {
+        if self.store.users().await?.iter().any(|u| u.admin) {
+            return Ok(None);
+        }
+        let generated = given.is_none();
+        let pw = given.unwrap_or_else(|| password::random_secret(""));
+        let hash =
+            tokio::task::block_in_place(|| password::hash(&pw)).map_err(AuthError::Internal)?;
+        let now = now_ms();
+        match self.store.user(name).await? {
+            Some(_) => {
+                self.store.set_password(name, &hash, now).await?;
+                self.store.set_admin(name, true).await?;
+            }
+            None => {
+                self.store
+                    .create_user(&User {
+                        name: name.to_owned(),
+                        password_hash: hash,
+                        admin: true,
+                        created_at_ms: now,
+                        password_changed_at_ms: now,
+                    })
+                    .await?
+            }
+        }
+        self.invalidate();
+        Ok(generated.then_some(pw))
+    }
+}
+
+fn expired(at: Option<i64>) -> bool {
+    at.is_some_and(|t| t <= now_ms())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
