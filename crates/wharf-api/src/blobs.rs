@@ -176,6 +176,25 @@ pub(crate) async fn start(mut ctx: Ctx, name: RepoName) -> ApiResult {
                     .map_err(|_| ApiError::msg(ErrorCode::NameInvalid, "invalid from repository"))
             })
             .transpose()?;
+        // Mount only from where the caller may pull; elsewhere it gets a plain
+        // upload session, which tells nothing about the blob. Without `from`,
+        // only a caller who may see everything mounts from anywhere.
+        let allowed = match &from {
+            Some(f) => {
+                ctx.caller
+                    .may(ctx.st.auth.as_deref(), f, wharf_auth::Actions::PULL)
+                    .await
+            }
+            None => match &ctx.caller {
+                crate::auth::Caller::Open => true,
+                crate::auth::Caller::Basic(p) => p.is_admin(),
+                crate::auth::Caller::Bearer(_) => false,
+            },
+        };
+        if !allowed {
+            let s = reg.start_upload(&name).await?;
+            return Ok(upload_accepted(&ctx, &name, &s, StatusCode::ACCEPTED));
+        }
         return Ok(match reg.mount(&name, &mount, from.as_ref()).await? {
             MountResult::Mounted { digest } => blob_created(&ctx, &name, &digest),
             MountResult::Session(s) => upload_accepted(&ctx, &name, &s, StatusCode::ACCEPTED),

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+mod auth;
 mod blobs;
 pub mod endpoint;
 pub mod error;
@@ -43,6 +44,8 @@ pub struct ApiConfig {
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub config: ApiConfig,
+    /// Access control; `None` serves everyone everything (distribution's default).
+    pub auth: Option<Arc<wharf_auth::Auth>>,
 }
 
 /// The endpoint label a handler leaves on its response, for metrics and logs.
@@ -57,6 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
+        .route("/auth/token", any(auth::token))
+        .route("/auth/jwks", get(auth::jwks))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
@@ -109,6 +114,7 @@ pub(crate) struct Ctx {
     pub headers: HeaderMap,
     pub query: Query,
     pub body: Body,
+    pub caller: auth::Caller,
     base: String,
 }
 
@@ -163,20 +169,69 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let label = ep.label();
-    let base = base_url(&st, &parts.headers, parts.extensions.get::<ConnInfo>());
+    let conn = parts.extensions.get::<ConnInfo>();
+    let base = base_url(&st, &parts.headers, conn);
+    let addr = conn.and_then(|c| c.remote).map(|a| a.ip());
+    let caller = match &st.auth {
+        None => auth::Caller::Open,
+        Some(a) => {
+            match auth::authorize(a, &ep, &parts.method, &parts.headers, addr, &base).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let mut r = e.into_response();
+                    r.extensions_mut().insert(EndpointLabel(label));
+                    return r;
+                }
+            }
+        }
+    };
+    let audit = st
+        .auth
+        .clone()
+        .and_then(|a| audited(&ep, &parts.method).map(|x| (a, x)));
+    let actor = audit.as_ref().map(|_| caller.actor());
     let ctx = Ctx {
         st,
         method: parts.method,
         headers: parts.headers,
         query: Query::parse(parts.uri.query()),
         body,
+        caller,
         base,
     };
     let mut resp = dispatch(ep, ctx)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    if let (Some((a, (action, resource))), Some(actor)) = (audit, actor) {
+        let outcome = if resp.status().is_success() {
+            "ok"
+        } else {
+            "failed"
+        };
+        a.audit(&actor, addr, action, &resource, outcome).await;
+    }
     resp.extensions_mut().insert(EndpointLabel(label));
     resp
+}
+
+/// Requests recorded in the audit log: manifest pulls, pushes and deletes,
+/// and blob deletes. (Blob reads and uploads belong to those and would drown
+/// the log.)
+fn audited(ep: &Endpoint, m: &Method) -> Option<(&'static str, String)> {
+    match (ep, m) {
+        (Endpoint::Manifest(n, r), &Method::GET) => Some(("pull", manifest_resource(n, r))),
+        (Endpoint::Manifest(n, r), &Method::PUT) => Some(("push", manifest_resource(n, r))),
+        (Endpoint::Manifest(n, r), &Method::DELETE) => Some(("delete", manifest_resource(n, r))),
+        (Endpoint::Blob(n, d), &Method::DELETE) => Some(("delete", format!("{n}@{d}"))),
+        _ => None,
+    }
+}
+
+fn manifest_resource(n: &wharf_oci::RepoName, r: &wharf_oci::Reference) -> String {
+    match r {
+        wharf_oci::Reference::Tag(t) => format!("{n}:{t}"),
+        wharf_oci::Reference::Digest(d) => format!("{n}@{d}"),
+    }
 }
 
 async fn dispatch(ep: Endpoint, ctx: Ctx) -> ApiResult {

@@ -164,6 +164,18 @@ fn link(r: &mut Response, path: &str, n: usize, last: Option<&String>) {
 
 pub(crate) async fn tags(ctx: Ctx, name: RepoName) -> ApiResult {
     let (n, last) = paging(&ctx, MAX_PAGE)?;
+    if let Some(auth) = ctx.st.auth.as_deref()
+        && let Some(p) = ctx.caller.principal(auth).await?
+        && !auth
+            .may_list(&p, &name)
+            .await
+            .map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?
+    {
+        return Err(ApiError::msg(
+            ErrorCode::Denied,
+            "listing this repository's tags is not allowed",
+        ));
+    }
     let page = ctx.st.registry.list_tags(&name, last.as_deref(), n).await?;
     #[derive(serde::Serialize)]
     struct TagList<'a> {
@@ -189,7 +201,20 @@ pub(crate) async fn tags(ctx: Ctx, name: RepoName) -> ApiResult {
 
 pub(crate) async fn catalog(ctx: Ctx) -> ApiResult {
     let (n, last) = paging(&ctx, DEFAULT_CATALOG_PAGE)?;
-    let page = ctx.st.registry.catalog(last.as_deref(), n).await?;
+    let visibility = match ctx.st.auth.as_deref() {
+        Some(auth) => match ctx.caller.principal(auth).await? {
+            Some(wharf_auth::Principal::External { .. }) | None => wharf_auth::Visibility::All,
+            Some(p) => auth
+                .visibility(&p)
+                .await
+                .map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?,
+        },
+        None => wharf_auth::Visibility::All,
+    };
+    let page = match visibility {
+        wharf_auth::Visibility::All => ctx.st.registry.catalog(last.as_deref(), n).await?,
+        v => filtered_catalog(&ctx.st.registry, &v, last, n).await?,
+    };
     let mut r = json_response(
         StatusCode::OK,
         &serde_json::json!({ "repositories": page.items }),
@@ -199,6 +224,33 @@ pub(crate) async fn catalog(ctx: Ctx) -> ApiResult {
         link(&mut r, "/v2/_catalog", n, page.items.last());
     }
     Ok(r)
+}
+
+/// A catalog page of only the repositories `v` shows: pages of the full
+/// catalog are read until `n` visible names are found or it ends.
+async fn filtered_catalog(
+    registry: &wharf_core::Registry,
+    v: &wharf_auth::Visibility,
+    mut last: Option<String>,
+    n: usize,
+) -> Result<wharf_core::Page, ApiError> {
+    let mut items = Vec::new();
+    loop {
+        let page = registry.catalog(last.as_deref(), MAX_PAGE).await?;
+        let end = !page.more;
+        last = page.items.last().cloned();
+        for r in page.items {
+            if v.shows(&r) {
+                if items.len() == n {
+                    return Ok(wharf_core::Page { items, more: true });
+                }
+                items.push(r);
+            }
+        }
+        if end {
+            return Ok(wharf_core::Page { items, more: false });
+        }
+    }
 }
 
 fn bytes_response(body: Vec<u8>) -> Response {

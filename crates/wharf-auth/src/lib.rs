@@ -807,6 +807,15 @@ impl Auth {
     }
 }
 
+/// User names: 1 to 64 of `A-Za-z0-9._-`, starting with a letter or digit
+/// (so never `robot$...`, and safe in logs and URLs).
+pub fn valid_user_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 fn expired(at: Option<i64>) -> bool {
     at.is_some_and(|t| t <= now_ms())
 }

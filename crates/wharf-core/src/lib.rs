@@ -11,13 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, Upload};
+use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Upload};
 use wharf_oci::manifest::MAX_MANIFEST_SIZE;
 use wharf_oci::{Algorithm, Digest, DigestHasher, Manifest, ManifestError, Reference, RepoName};
 use wharf_store::{BlobStore, StoreError};
 
 mod error;
 pub use error::CoreError;
+pub use wharf_meta::Page;
 pub use wharf_store::{BlobRead, ByteStream};
 
 /// Settings of the core that the binary's configuration controls.

@@ -4,7 +4,7 @@
 //! Supported keys behave as distribution documents them. Keys Wharf does not
 //! support are reported: as a warning when ignoring them is harmless, as an
 //! error when ignoring them would change what the registry stores or who may
-//! use it (an `auth` section, another storage driver, client certificates).
+//! use it (another storage driver, client certificates, `auth.silly`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +21,57 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+/// `auth`: at most one of `htpasswd`, `token` (as in distribution) and
+/// `builtin` (Wharf's users, projects and token service).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No section: everyone may do everything (distribution's default).
+    None,
+    Htpasswd {
+        realm: String,
+        path: PathBuf,
+    },
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        rootcertbundle: Option<PathBuf>,
+        jwks: Option<PathBuf>,
+    },
+    Builtin {
+        /// `auth.builtin.service`: the `service` tokens are for (default `wharf`).
+        service: String,
+        /// `auth.builtin.issuer` (default `wharf`).
+        issuer: String,
+        /// `auth.builtin.tokenexpiration` (default 5m).
+        #[serde(serialize_with = "ser_duration")]
+        tokenexpiration: Duration,
+        /// `auth.builtin.refreshexpiration` (default 720h).
+        #[serde(serialize_with = "ser_duration")]
+        refreshexpiration: Duration,
+        /// `auth.builtin.admin.name`: the administrator made on first start.
+        admin_name: String,
+        /// `auth.builtin.admin.passwordfile`: its password (else
+        /// `WHARF_ADMIN_PASSWORD`, else generated and printed once).
+        admin_passwordfile: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// `auth.lockout.attempts` failed logins per address within
+    /// `auth.lockout.window` before it gets 429s.
+    pub lockout_attempts: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub lockout_window: Duration,
+    /// `auth.audit.retention`: how long audit records are kept (default 2160h).
+    #[serde(serialize_with = "ser_duration")]
+    pub audit_retention: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +210,23 @@ const SUPPORTED: &[&str] = &[
     "storage.maintenance.uploadpurging.dryrun",
     "storage.cache.blobdescriptor",
     "storage.cache.blobdescriptorsize",
+    "auth.htpasswd.realm",
+    "auth.htpasswd.path",
+    "auth.token.realm",
+    "auth.token.service",
+    "auth.token.issuer",
+    "auth.token.rootcertbundle",
+    "auth.token.jwks",
+    "auth.token.autoredirect",
+    "auth.builtin.service",
+    "auth.builtin.issuer",
+    "auth.builtin.tokenexpiration",
+    "auth.builtin.refreshexpiration",
+    "auth.builtin.admin.name",
+    "auth.builtin.admin.passwordfile",
+    "auth.lockout.attempts",
+    "auth.lockout.window",
+    "auth.audit.retention",
     "storage.redirect.disable",
 ];
 
@@ -166,8 +234,8 @@ const SUPPORTED: &[&str] = &[
 /// elsewhere or open the registry to anyone.
 const REFUSED: &[(&str, &str)] = &[
     (
-        "auth",
-        "authentication is not supported yet; Wharf will not start an open registry that was configured to be closed",
+        "auth.silly",
+        "the silly authenticator accepts anyone; use auth.htpasswd, auth.token or auth.builtin",
     ),
     (
         "http.tls.clientcas",
@@ -428,7 +496,9 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
         bail!("log.formatter {formatter:?}: use text, json or logstash");
     }
 
+    let auth = load_auth(&doc)?;
     let config = Config {
+        auth,
         http: HttpConfig {
             addr: get_string(&doc, "http.addr")?.unwrap_or_else(|| ":5000".into()),
             host: get_string(&doc, "http.host")?.filter(|h| !h.is_empty()),
@@ -464,6 +534,82 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
         bail!("storage.maintenance.uploadpurging.interval must be more than 0");
     }
     Ok(Loaded { config, ignored })
+}
+
+fn load_auth(doc: &Value) -> anyhow::Result<AuthConfig> {
+    let section = |k: &str| lookup(doc, &format!("auth.{k}")).is_some();
+    let present: Vec<&str> = ["htpasswd", "token", "builtin"]
+        .into_iter()
+        .filter(|k| section(k))
+        .collect();
+    if present.len() > 1 {
+        bail!(
+            "auth: configure one of htpasswd, token and builtin, not {}",
+            present.join(" and ")
+        );
+    }
+    let need = |key: &str| -> anyhow::Result<String> {
+        get_string(doc, key)?
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| anyhow!("{key} is required"))
+    };
+    let mode = match present.first() {
+        None => AuthMode::None,
+        Some(&"htpasswd") => AuthMode::Htpasswd {
+            realm: get_string(doc, "auth.htpasswd.realm")?
+                .unwrap_or_else(|| "Registry Realm".into()),
+            path: need("auth.htpasswd.path")?.into(),
+        },
+        Some(&"token") => {
+            let rootcertbundle = get_string(doc, "auth.token.rootcertbundle")?.map(PathBuf::from);
+            let jwks = get_string(doc, "auth.token.jwks")?.map(PathBuf::from);
+            if rootcertbundle.is_none() && jwks.is_none() {
+                bail!("auth.token needs rootcertbundle or jwks to verify tokens with");
+            }
+            AuthMode::Token {
+                realm: need("auth.token.realm")?,
+                service: need("auth.token.service")?,
+                issuer: need("auth.token.issuer")?,
+                rootcertbundle,
+                jwks,
+            }
+        }
+        Some(_) => AuthMode::Builtin {
+            service: get_string(doc, "auth.builtin.service")?.unwrap_or_else(|| "wharf".into()),
+            issuer: get_string(doc, "auth.builtin.issuer")?.unwrap_or_else(|| "wharf".into()),
+            tokenexpiration: get_duration(doc, "auth.builtin.tokenexpiration")?
+                .unwrap_or(Duration::from_secs(300)),
+            refreshexpiration: get_duration(doc, "auth.builtin.refreshexpiration")?
+                .unwrap_or(Duration::from_secs(720 * 3600)),
+            admin_name: get_string(doc, "auth.builtin.admin.name")?
+                .unwrap_or_else(|| "admin".into()),
+            admin_passwordfile: get_string(doc, "auth.builtin.admin.passwordfile")?
+                .map(PathBuf::from),
+        },
+    };
+    if let AuthMode::Builtin {
+        tokenexpiration, ..
+    } = &mode
+        && (tokenexpiration.as_secs() < 10 || tokenexpiration.as_secs() > 24 * 3600)
+    {
+        bail!("auth.builtin.tokenexpiration must be between 10s and 24h");
+    }
+    let attempts = match lookup(doc, "auth.lockout.attempts") {
+        None => 10,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| anyhow!("auth.lockout.attempts must be a positive number"))?,
+    };
+    Ok(AuthConfig {
+        mode,
+        lockout_attempts: attempts,
+        lockout_window: get_duration(doc, "auth.lockout.window")?
+            .unwrap_or(Duration::from_secs(300)),
+        audit_retention: get_duration(doc, "auth.audit.retention")?
+            .unwrap_or(Duration::from_secs(2160 * 3600)),
+    })
 }
 
 /// Resolves `http.addr` into the addresses to bind. `:5000` means every
@@ -512,6 +658,7 @@ impl Config {
                 "headers": self.http.headers,
                 "http2": {"disabled": self.http.http2_disabled},
             },
+            "auth": self.auth_yaml(),
             "storage": {
                 "filesystem": {"rootdirectory": self.storage.rootdirectory},
                 "delete": {"enabled": self.storage.delete_enabled},
@@ -524,6 +671,52 @@ impl Config {
             },
         });
         serde_yaml_ng::to_string(&v).unwrap_or_default()
+    }
+
+    fn auth_yaml(&self) -> serde_json::Value {
+        let a = &self.auth;
+        let mut v = match &a.mode {
+            AuthMode::None => serde_json::json!({}),
+            AuthMode::Htpasswd { realm, path } => {
+                serde_json::json!({"htpasswd": {"realm": realm, "path": path}})
+            }
+            AuthMode::Token {
+                realm,
+                service,
+                issuer,
+                rootcertbundle,
+                jwks,
+            } => serde_json::json!({
+                "token": {"realm": realm, "service": service, "issuer": issuer,
+                          "rootcertbundle": rootcertbundle, "jwks": jwks}
+            }),
+            AuthMode::Builtin {
+                service,
+                issuer,
+                tokenexpiration,
+                refreshexpiration,
+                admin_name,
+                admin_passwordfile,
+            } => serde_json::json!({
+                "builtin": {"service": service, "issuer": issuer,
+                    "tokenexpiration": format_duration(*tokenexpiration),
+                    "refreshexpiration": format_duration(*refreshexpiration),
+                    "admin": {"name": admin_name, "passwordfile": admin_passwordfile}}
+            }),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "lockout".into(),
+                serde_json::json!({
+                "attempts": a.lockout_attempts, "window": format_duration(a.lockout_window)}),
+            );
+            o.insert(
+                "audit".into(),
+                serde_json::json!({
+                "retention": format_duration(a.audit_retention)}),
+            );
+        }
+        v
     }
 }
 
@@ -606,16 +799,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.ignored, vec!["notifications.endpoints", "http.prefix"]);
-        let e = load_str("auth:\n  htpasswd: {realm: r, path: /p}\n", &[])
+        let e = load_str("auth:\n  silly: {realm: r, service: s}\n", &[])
             .err()
             .unwrap();
-        assert!(e.to_string().contains("auth"), "{e}");
+        assert!(e.to_string().contains("auth.silly"), "{e}");
         let e = load_str("storage:\n  s3: {bucket: b}\n", &[])
             .err()
             .unwrap();
         assert!(e.to_string().contains("storage.s3"), "{e}");
         assert!(load_str("", &[("REGISTRY_STORAGE", "s3")]).is_err());
-        assert!(load_str("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/x")]).is_err());
+    }
+
+    #[test]
+    fn auth_sections() {
+        let l = load_str("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/x")]).unwrap();
+        assert!(matches!(
+            l.config.auth.mode,
+            AuthMode::Htpasswd { ref path, ref realm } if path == &PathBuf::from("/x") && realm == "Registry Realm"
+        ));
+        let l = load_str("auth:\n  builtin: {}\n", &[]).unwrap();
+        assert!(matches!(
+            l.config.auth.mode,
+            AuthMode::Builtin { ref service, tokenexpiration, .. } if service == "wharf" && tokenexpiration.as_secs() == 300
+        ));
+        assert_eq!(l.config.auth.lockout_attempts, 10);
+        let e = load_str("auth:\n  builtin: {}\n  htpasswd: {path: /p}\n", &[])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("one of"), "{e}");
+        let e = load_str("auth:\n  htpasswd: {realm: r}\n", &[])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("auth.htpasswd.path"), "{e}");
+        let e = load_str("auth:\n  token: {realm: r, service: s, issuer: i}\n", &[])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("rootcertbundle"), "{e}");
+        assert!(
+            load_str(
+                "auth:\n  token: {realm: r, service: s, issuer: i, rootcertbundle: /c}\n",
+                &[]
+            )
+            .is_ok()
+        );
+        assert!(load_str("auth:\n  builtin: {tokenexpiration: 1s}\n", &[]).is_err());
+        assert!(load_str("auth:\n  lockout: {attempts: 0}\n", &[]).is_err());
     }
 
     #[test]

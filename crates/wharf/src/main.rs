@@ -9,6 +9,7 @@ use axum::http::{HeaderName, HeaderValue};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod access;
 mod config;
 mod server;
 
@@ -168,9 +169,11 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     let meta = wharf_meta::sqlite::SqliteMeta::open(&root.join("wharf/meta.db"))
         .await
         .context("opening the metadata database")?;
+    let meta = Arc::new(meta);
+    let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     let registry = Arc::new(wharf_core::Registry::new(
         Arc::new(blobs),
-        Arc::new(meta),
+        meta,
         wharf_core::CoreConfig {
             delete_enabled: cfg.storage.delete_enabled,
         },
@@ -180,6 +183,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         config: wharf_api::ApiConfig {
             base_url: cfg.http.host.clone(),
         },
+        auth,
     });
     let mut app = wharf_api::router(state);
     if !cfg.http.headers.is_empty() {

@@ -103,6 +103,7 @@ impl TestRegistryBuilder {
             },
         ));
         let app = wharf_api::router(Arc::new(AppState {
+            auth: None,
             registry: registry.clone(),
             config: ApiConfig::default(),
         }));
