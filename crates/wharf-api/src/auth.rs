@@ -163,6 +163,48 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, ()> {
     }
 }
 
+/// Authenticates a request to the admin API: anonymous without credentials,
+/// else the principal behind the password or token.
+pub(crate) async fn authenticate(
+    auth: &Auth,
+    headers: &HeaderMap,
+    addr: Option<IpAddr>,
+    base: &str,
+) -> Result<Principal, ApiError> {
+    let creds = credentials(headers)
+        .map_err(|_| challenge(auth, base, None, None, "malformed Authorization header"))?;
+    match creds {
+        Credentials::None => Ok(Principal::Anonymous),
+        Credentials::Basic(u, p) if !matches!(auth.mode(), Mode::External { .. }) => {
+            match auth.basic(&u, &p, addr).await {
+                Ok(p) => Ok(p),
+                Err(AuthError::Throttled(s)) => Err(throttled(s)),
+                Err(AuthError::BadCredentials) => Err(challenge(
+                    auth,
+                    base,
+                    None,
+                    None,
+                    "invalid username or password",
+                )),
+                Err(e) => Err(internal(e)),
+            }
+        }
+        Credentials::Bearer(t) if !matches!(auth.mode(), Mode::Htpasswd { .. }) => {
+            match auth.verify_bearer(&t) {
+                Ok(t) => auth.principal_of(&t.claims).await.map_err(internal),
+                Err(e) => Err(challenge(
+                    auth,
+                    base,
+                    None,
+                    Some("invalid_token"),
+                    &e.to_string(),
+                )),
+            }
+        }
+        _ => Err(challenge(auth, base, None, None, "authentication required")),
+    }
+}
+
 /// Authenticates and authorises a `/v2/` request.
 pub(crate) async fn authorize(
     auth: &Auth,

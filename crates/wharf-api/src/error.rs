@@ -32,6 +32,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A chunk out of order, or a blob range outside the blob.
     RangeInvalid,
+    /// Admin API: a malformed or invalid request body or parameter.
+    InvalidRequest,
+    /// Admin API: the thing to create exists already.
+    Conflict,
     /// A manifest over the size limit.
     TooLarge,
     Unknown,
@@ -124,6 +128,12 @@ impl ErrorCode {
                 "invalid number of results requested",
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
+            InvalidRequest => (
+                "INVALID_REQUEST",
+                StatusCode::BAD_REQUEST,
+                "invalid request",
+            ),
+            Conflict => ("CONFLICT", StatusCode::CONFLICT, "already exists"),
             MethodNotAllowed => (
                 "UNSUPPORTED",
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+mod admin;
 mod auth;
 mod blobs;
 pub mod endpoint;
@@ -48,6 +49,11 @@ pub struct AppState {
     pub auth: Option<Arc<wharf_auth::Auth>>,
 }
 
+/// The admin API's OpenAPI document (served at `/api/v1/openapi.json`).
+pub fn admin_openapi() -> &'static str {
+    admin::OPENAPI
+}
+
 /// The endpoint label a handler leaves on its response, for metrics and logs.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointLabel(pub &'static str);
@@ -60,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
+        .merge(admin::routes())
         .route("/auth/token", any(auth::token))
         .route("/auth/jwks", get(auth::jwks))
         .route("/metrics", get(metrics::render))

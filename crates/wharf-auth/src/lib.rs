@@ -16,7 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wharf_meta::{AuditEntry, AuthStore, CredentialKind, MetaError, Permission, Role, User};
+use wharf_meta::AuditEntry;
+/// The records access control is made of, re-exported for the API layer.
+pub use wharf_meta::{
+    AuditFilter, AuthStore, Credential, CredentialKind, MetaError, Permission, Project, Role, User,
+};
 use wharf_oci::RepoName;
 
 pub mod audit;

@@ -13,13 +13,25 @@ use wharf_core::{CoreConfig, Registry};
 pub struct TestRegistryBuilder {
     data: Option<PathBuf>,
     delete_enabled: bool,
+    auth: Option<AuthSetup>,
 }
+
+/// Access control for a test registry.
+pub enum AuthSetup {
+    /// Built-in users, with administrator `admin` / [`ADMIN_PASSWORD`].
+    Builtin { lockout_attempts: u32 },
+    /// An htpasswd file.
+    Htpasswd(PathBuf),
+}
+
+pub const ADMIN_PASSWORD: &str = "admin-password";
 
 pub struct TestRegistry {
     pub addr: SocketAddr,
     pub registry: Arc<Registry>,
     pub client: reqwest::Client,
     pub data: PathBuf,
+    pub auth: Option<Arc<wharf_auth::Auth>>,
     _tmp: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -30,6 +42,7 @@ impl TestRegistry {
         TestRegistryBuilder {
             data: None,
             delete_enabled: true,
+            auth: None,
         }
     }
 
@@ -76,6 +89,11 @@ impl TestRegistryBuilder {
         self
     }
 
+    pub fn auth(mut self, a: AuthSetup) -> Self {
+        self.auth = Some(a);
+        self
+    }
+
     pub fn delete_enabled(mut self, on: bool) -> Self {
         self.delete_enabled = on;
         self
@@ -95,34 +113,87 @@ impl TestRegistryBuilder {
         let meta = wharf_meta::sqlite::SqliteMeta::open(&data.join("wharf/meta.db"))
             .await
             .unwrap();
+        let meta = Arc::new(meta);
+        let auth = match self.auth {
+            None => None,
+            Some(setup) => {
+                let mut settings = wharf_auth::Settings::default();
+                let mode = match setup {
+                    AuthSetup::Builtin { lockout_attempts } => {
+                        settings.max_failed_logins = lockout_attempts;
+                        wharf_auth::Mode::Builtin {
+                            signer: wharf_auth::token::Signer::load_or_create(
+                                &data.join("wharf/token-signing.pem"),
+                            )
+                            .unwrap(),
+                        }
+                    }
+                    AuthSetup::Htpasswd(p) => wharf_auth::Mode::Htpasswd {
+                        realm: "test-realm".into(),
+                        file: wharf_auth::htpasswd::Htpasswd::open(p).unwrap(),
+                    },
+                };
+                let audit =
+                    wharf_auth::AuditLog::spawn(meta.clone(), std::time::Duration::from_secs(3600));
+                let a = Arc::new(wharf_auth::Auth::new(
+                    meta.clone(),
+                    mode,
+                    settings,
+                    Vec::new(),
+                    audit,
+                ));
+                if matches!(a.mode(), wharf_auth::Mode::Builtin { .. }) {
+                    a.bootstrap_admin("admin", Some(ADMIN_PASSWORD.into()))
+                        .await
+                        .unwrap();
+                }
+                Some(a)
+            }
+        };
         let registry = Arc::new(Registry::new(
             Arc::new(blobs),
-            Arc::new(meta),
+            meta,
             CoreConfig {
                 delete_enabled: self.delete_enabled,
             },
         ));
         let app = wharf_api::router(Arc::new(AppState {
-            auth: None,
+            auth: auth.clone(),
             registry: registry.clone(),
             config: ApiConfig::default(),
-        }));
+        }))
+        // What the real server does: tell handlers the client's address.
+        .layer(axum::middleware::from_fn(
+            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let remote = req
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                req.extensions_mut()
+                    .insert(wharf_api::ConnInfo { remote, tls: false });
+                next.run(req).await
+            },
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
         });
         TestRegistry {
             addr,
             registry,
             client: reqwest::Client::new(),
             data,
+            auth,
             _tmp: tmp,
             shutdown: Some(tx),
             task: Some(task),

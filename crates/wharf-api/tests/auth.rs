@@ -1,0 +1,1073 @@
+//! Access control over HTTP: the principal × role × action matrix, the token
+//! protocol (GET, OAuth2 POST, refresh), token tampering, throttling,
+//! htpasswd, the admin API against its OpenAPI document, and the audit log.
+
+mod harness;
+
+use harness::{ADMIN_PASSWORD, AuthSetup, OCI_MANIFEST, TestRegistry, image_manifest, sha256};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Someone talking to the registry the way docker and containerd do: a token
+/// from `/auth/token` for exactly the scope each request needs.
+#[derive(Clone)]
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    creds: Option<(String, String)>,
+}
+
+impl Client {
+    fn new(reg: &TestRegistry, creds: Option<(&str, &str)>) -> Client {
+        Client {
+            base: reg.url(""),
+            http: reqwest::Client::new(),
+            creds: creds.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        }
+    }
+
+    async fn token(&self, scopes: &[String]) -> String {
+        let mut q: Vec<(&str, &str)> = vec![("service", "wharf")];
+        for s in scopes {
+            q.push(("scope", s));
+        }
+        let mut rb = self.http.get(format!("{}/auth/token", self.base)).query(&q);
+        if let Some((u, p)) = &self.creds {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200, "token for {scopes:?}");
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn req(
+        &self,
+        m: Method,
+        path: &str,
+        scopes: &[String],
+        body: Option<(Vec<u8>, &str)>,
+    ) -> reqwest::Response {
+        let t = self.token(scopes).await;
+        let mut rb = self
+            .http
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(t);
+        if let Some((b, ct)) = body {
+            rb = rb.header("content-type", ct).body(b);
+        }
+        rb.send().await.unwrap()
+    }
+
+    async fn pull(&self, repo: &str, tag: &str) -> StatusCode {
+        self.req(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[format!("repository:{repo}:pull")],
+            None,
+        )
+        .await
+        .status()
+    }
+
+    /// Pushes a one-layer image; the status of the first refused step, or of
+    /// the manifest PUT.
+    async fn push(&self, repo: &str, tag: &str) -> StatusCode {
+        let scope = [format!("repository:{repo}:pull,push")];
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","tag":"{tag}"}}"#);
+        let layer = format!("layer {repo} {tag}").repeat(50);
+        let mut descs = Vec::new();
+        for blob in [config.as_bytes(), layer.as_bytes()] {
+            let d = sha256(blob);
+            let r = self
+                .req(
+                    Method::POST,
+                    &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                    &scope,
+                    Some((blob.to_vec(), "application/octet-stream")),
+                )
+                .await;
+            if r.status() != 201 {
+                return r.status();
+            }
+            descs.push((d, blob.len()));
+        }
+        let m = image_manifest(&descs[0].0, descs[0].1, &[(&descs[1].0, descs[1].1)], None);
+        self.req(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &scope,
+            Some((m, OCI_MANIFEST)),
+        )
+        .await
+        .status()
+    }
+
+    async fn delete(&self, repo: &str, tag: &str) -> StatusCode {
+        self.req(
+            Method::DELETE,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[format!("repository:{repo}:delete")],
+            None,
+        )
+        .await
+        .status()
+    }
+
+    async fn catalog(&self) -> Vec<String> {
+        let r = self
+            .req(
+                Method::GET,
+                "/v2/_catalog",
+                &["registry:catalog:*".into()],
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn mount(&self, repo: &str, from: &str, digest: &str) -> StatusCode {
+        self.req(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
+            &[
+                format!("repository:{repo}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
+            None,
+        )
+        .await
+        .status()
+    }
+}
+
+/// An admin API call with Basic credentials.
+async fn api(
+    reg: &TestRegistry,
+    creds: (&str, &str),
+    m: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut rb = reg
+        .client
+        .request(m.clone(), reg.url(&format!("/api/v1{path}")))
+        .basic_auth(creds.0, Some(creds.1));
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    openapi_check(&m, path, status, &v);
+    (status, v)
+}
+
+const ADMIN: (&str, &str) = ("admin", ADMIN_PASSWORD);
+
+/// Turns OpenAPI 3.0's `nullable` into JSON Schema's type lists.
+fn to_json_schema(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.remove("nullable") == Some(Value::Bool(true))
+                && let Some(Value::String(t)) = o.get("type").cloned()
+            {
+                o.insert("type".into(), json!([t, "null"]));
+            }
+            for x in o.values_mut() {
+                to_json_schema(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(to_json_schema),
+        _ => {}
+    }
+}
+
+/// Asserts that a response is documented in the OpenAPI document and that its
+/// body matches the documented schema.
+fn openapi_check(m: &Method, path: &str, status: StatusCode, body: &Value) {
+    let mut spec: Value = serde_json::from_str(wharf_api::admin_openapi()).unwrap();
+    to_json_schema(&mut spec);
+    let path = path.split('?').next().unwrap();
+    let segs: Vec<&str> = path.split('/').collect();
+    let (template, op) = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segs.len()
+                && ts
+                    .iter()
+                    .zip(&segs)
+                    .all(|(a, b)| a == b || (a.starts_with('{') && !b.is_empty()))
+        })
+        .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+    let method = m.as_str().to_ascii_lowercase();
+    let resp = &op[&method]["responses"][status.as_str()];
+    assert!(
+        resp.is_object(),
+        "{method} {template} answered {status}, which the OpenAPI document does not list"
+    );
+    match resp["content"]["application/json"]["schema"].as_object() {
+        None => assert!(
+            body.is_null(),
+            "{method} {template} {status}: expected no body"
+        ),
+        Some(schema) => {
+            let mut root = Value::Object(schema.clone());
+            root["components"] = spec["components"].clone();
+            let v = jsonschema::validator_for(&root).unwrap();
+            if let Err(e) = v.validate(body) {
+                panic!("{method} {template} {status}: body {body} breaks the schema: {e}");
+            }
+        }
+    }
+}
+
+async fn builtin() -> TestRegistry {
+    TestRegistry::builder()
+        .auth(AuthSetup::Builtin {
+            lockout_attempts: 1000,
+        })
+        .spawn()
+        .await
+}
+
+async fn add_user(reg: &TestRegistry, name: &str) {
+    let (s, _) = api(
+        reg,
+        ADMIN,
+        Method::POST,
+        "/users",
+        Some(json!({"name": name, "password": format!("{name}-password")})),
+    )
+    .await;
+    assert_eq!(s, 201);
+}
+
+fn pw(name: &str) -> String {
+    format!("{name}-password")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matrix_of_principals_roles_and_actions() {
+    let reg = builtin().await;
+    for (p, public) in [("pub", true), ("priv", false), ("other", false)] {
+        let (s, _) = api(
+            &reg,
+            ADMIN,
+            Method::POST,
+            "/projects",
+            Some(json!({"name": p, "public": public})),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    for (user, role) in [
+        ("padmin", "projectadmin"),
+        ("maint", "maintainer"),
+        ("dev", "developer"),
+        ("guest", "guest"),
+        ("lguest", "limitedguest"),
+    ] {
+        add_user(&reg, user).await;
+        let (s, v) = api(
+            &reg,
+            ADMIN,
+            Method::PUT,
+            &format!("/projects/priv/members/{user}"),
+            Some(json!({"role": role})),
+        )
+        .await;
+        assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some(role)));
+    }
+    add_user(&reg, "outsider").await;
+    let (s, robot) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/robots",
+        Some(json!({"name": "ci", "permissions": [{"project": "priv", "actions": ["push"]}]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(robot["name"], "robot$ci");
+    assert_eq!(
+        robot["permissions"][0]["actions"],
+        json!(["pull", "push"]),
+        "push implies pull"
+    );
+    let robot_secret = robot["secret"].as_str().unwrap().to_owned();
+    // A personal token of dev's, cut down to pulling.
+    let (s, pat) = api(
+        &reg,
+        ("dev", &pw("dev")),
+        Method::POST,
+        "/users/dev/tokens",
+        Some(json!({"name": "ro", "permissions": [{"project": "*", "actions": ["pull"]}], "expires_in_days": 30})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let pat_secret = pat["secret"].as_str().unwrap().to_owned();
+    assert!(pat_secret.starts_with("wharf_pat_"));
+
+    let admin = Client::new(&reg, Some(ADMIN));
+    for repo in ["pub/app", "priv/app", "other/app", "busybox"] {
+        assert_eq!(admin.push(repo, "v1").await, 201, "{repo}");
+    }
+
+    let anon = Client::new(&reg, None);
+    let users: Vec<(String, Client)> = ["padmin", "maint", "dev", "guest", "lguest", "outsider"]
+        .iter()
+        .map(|u| (u.to_string(), Client::new(&reg, Some((u, &pw(u))))))
+        .collect();
+    let robot = Client::new(&reg, Some(("robot$ci", &robot_secret)));
+    let token = Client::new(&reg, Some(("dev", &pat_secret)));
+    let mut all: Vec<(String, Client)> =
+        vec![("anonymous".into(), anon), ("admin".into(), admin.clone())];
+    all.extend(users);
+    all.push(("robot".into(), robot));
+    all.push(("pat".into(), token));
+
+    // Expected: pull pub, pull priv, push pub, push priv, delete priv, mount other→priv.
+    let expect = |who: &str| -> [bool; 6] {
+        match who {
+            "admin" => [true, true, true, true, true, true],
+            "padmin" | "maint" => [true, true, false, true, true, false],
+            "dev" => [true, true, false, true, false, false],
+            "guest" | "lguest" | "pat" => [true, true, false, false, false, false],
+            "robot" => [true, true, false, true, false, false],
+            "anonymous" | "outsider" => [true, false, false, false, false, false],
+            _ => unreachable!(),
+        }
+    };
+    let layer_in_other = {
+        let layer = "layer other/app v1".repeat(50);
+        sha256(layer.as_bytes())
+    };
+    for (who, c) in &all {
+        let want = expect(who);
+        let got_pull_pub = c.pull("pub/app", "v1").await == 200;
+        let got_pull_priv = c.pull("priv/app", "v1").await == 200;
+        let got_push_pub = c
+            .push("pub/app", &format!("by-{}", who.replace('$', "")))
+            .await
+            == 201;
+        let tag = format!("by-{who}");
+        let got_push_priv = c.push("priv/app", &tag).await == 201;
+        // Delete a tag the admin pushed for the purpose.
+        let victim = format!("victim-{who}");
+        assert_eq!(admin.push("priv/app", &victim).await, 201);
+        let got_delete = c.delete("priv/app", &victim).await == 202;
+        let mount = if want[3] {
+            // Only callers who may push get this far; mounting from a project
+            // they cannot read must not reveal the blob.
+            let s = c.mount("priv/mounted", "other/app", &layer_in_other).await;
+            assert!(s == 201 || s == 202, "{who}: mount answered {s}");
+            s == 201
+        } else {
+            false
+        };
+        let got = [
+            got_pull_pub,
+            got_pull_priv,
+            got_push_pub,
+            got_push_priv,
+            got_delete,
+            mount,
+        ];
+        assert_eq!(
+            got, want,
+            "{who}: [pull pub, pull priv, push pub, push priv, delete priv, mount other→priv]"
+        );
+    }
+
+    // Catalogs show only what each may see; limited guests do not list.
+    let expect_catalog = |who: &str| -> Vec<&str> {
+        match who {
+            "admin" => vec![
+                "busybox",
+                "other/app",
+                "priv/app",
+                "priv/mounted",
+                "pub/app",
+            ],
+            "padmin" | "maint" | "dev" | "guest" | "robot" | "pat" => {
+                vec!["priv/app", "priv/mounted", "pub/app"]
+            }
+            _ => vec!["pub/app"],
+        }
+    };
+    for (who, c) in &all {
+        let mut want: Vec<String> = expect_catalog(who).into_iter().map(String::from).collect();
+        // priv/mounted exists only if someone mounted into it.
+        let cat = admin.catalog().await;
+        want.retain(|r| cat.contains(r));
+        assert_eq!(c.catalog().await, want, "{who} catalog");
+    }
+    let lguest = &all.iter().find(|(w, _)| w == "lguest").unwrap().1;
+    let r = lguest
+        .req(
+            Method::GET,
+            "/v2/priv/app/tags/list",
+            &["repository:priv/app:pull".into()],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 403, "limited guests do not list tags");
+    let guest = &all.iter().find(|(w, _)| w == "guest").unwrap().1;
+    let r = guest
+        .req(
+            Method::GET,
+            "/v2/priv/app/tags/list",
+            &["repository:priv/app:pull".into()],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // Basic credentials straight on /v2/ work too, with the same rules.
+    let basic = |u: &str, p: &str, path: &str| {
+        reg.client
+            .get(reg.url(path))
+            .basic_auth(u.to_owned(), Some(p.to_owned()))
+            .send()
+    };
+    assert_eq!(
+        basic("dev", &pw("dev"), "/v2/priv/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        basic("outsider", &pw("outsider"), "/v2/priv/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        basic("dev", "wrong-password", "/v2/priv/app/manifests/v1")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Revoking the robot and the token takes effect at once.
+    let (s, _) = api(&reg, ADMIN, Method::DELETE, "/robots/robot$ci", None).await;
+    assert_eq!(s, 204);
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?service=wharf"))
+        .basic_auth("robot$ci", Some(&robot_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, _) = api(
+        &reg,
+        ("dev", &pw("dev")),
+        Method::DELETE,
+        "/users/dev/tokens/ro",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?service=wharf"))
+        .basic_auth("dev", Some(&pat_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_requests_get_a_bearer_challenge_with_the_scope() {
+    let reg = builtin().await;
+    let r = reg.send(Method::GET, "/v2/").await;
+    assert_eq!(r.status(), 401);
+    let c = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert_eq!(
+        c,
+        format!(
+            "Bearer realm=\"http://{}/auth/token\",service=\"wharf\"",
+            reg.addr
+        )
+    );
+    let r = reg.send(Method::GET, "/v2/team/app/manifests/latest").await;
+    let c = r.headers()["www-authenticate"].to_str().unwrap();
+    assert!(c.ends_with(",scope=\"repository:team/app:pull\""), "{c}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    // A token that lacks the scope: 401 asking for the right one.
+    let t = Client::new(&reg, None).token(&[]).await;
+    let r = reg
+        .client
+        .put(reg.url("/v2/team/app/manifests/latest"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let c = r.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        c.contains("scope=\"repository:team/app:pull,push\"")
+            && c.contains("error=\"insufficient_scope\""),
+        "{c}"
+    );
+    // An anonymous token is enough for /v2/ itself.
+    let r = reg
+        .client
+        .get(reg.url("/v2/"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_expired_and_foreign_tokens_are_refused() {
+    use wharf_auth::token::{Audience, Claims, Signer};
+    let reg = builtin().await;
+    let admin = Client::new(&reg, Some(ADMIN));
+    assert_eq!(admin.push("team/app", "v1").await, 201);
+    let good = admin.token(&["repository:team/app:pull".into()]).await;
+    let get = |t: String| {
+        reg.client
+            .get(reg.url("/v2/team/app/manifests/v1"))
+            .bearer_auth(t)
+            .send()
+    };
+    assert_eq!(get(good.clone()).await.unwrap().status(), 200);
+
+    // Flip one character of the signature, then of the payload.
+    let mut sig_flip = good.clone().into_bytes();
+    let last = sig_flip.len() - 2;
+    sig_flip[last] = if sig_flip[last] == b'A' { b'B' } else { b'A' };
+    assert_eq!(
+        get(String::from_utf8(sig_flip).unwrap())
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let parts: Vec<&str> = good.split('.').collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["access"][0]["name"] = "other/app".into();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
+    assert_eq!(get(forged).await.unwrap().status(), 401);
+
+    // Tokens signed with the registry's own key but wrong in another way.
+    let signer = Signer::load_or_create(&reg.data.join("wharf/token-signing.pem")).unwrap();
+    let now = wharf_auth::now_ms() / 1000;
+    let base = Claims {
+        iss: "wharf".into(),
+        sub: "admin".into(),
+        aud: Audience::One("wharf".into()),
+        exp: now + 300,
+        nbf: now,
+        iat: now,
+        jti: "x".into(),
+        access: vec![wharf_auth::AccessEntry {
+            kind: "repository".into(),
+            name: "team/app".into(),
+            actions: vec!["pull".into()],
+        }],
+        wharf_use: None,
+        wharf_via: None,
+    };
+    assert_eq!(
+        get(signer.sign(&base).unwrap()).await.unwrap().status(),
+        200,
+        "control"
+    );
+    let cases = [
+        (
+            "expired",
+            Claims {
+                exp: now - 600,
+                iat: now - 900,
+                nbf: now - 900,
+                ..base.clone()
+            },
+        ),
+        (
+            "not yet valid",
+            Claims {
+                nbf: now + 600,
+                ..base.clone()
+            },
+        ),
+        (
+            "wrong audience",
+            Claims {
+                aud: Audience::One("other-registry".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "wrong issuer",
+            Claims {
+                iss: "someone-else".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "refresh token as access",
+            Claims {
+                wharf_use: Some("refresh".into()),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, c) in cases {
+        let r = get(signer.sign(&c).unwrap()).await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        let ch = r.headers()["www-authenticate"].to_str().unwrap();
+        assert!(ch.contains("error=\"invalid_token\""), "{what}: {ch}");
+    }
+    // A key the registry never saw.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = Signer::load_or_create(&dir.path().join("k.pem")).unwrap();
+    assert_eq!(
+        get(stranger.sign(&base).unwrap()).await.unwrap().status(),
+        401
+    );
+    assert_eq!(get("not-a-token".into()).await.unwrap().status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth2_password_and_refresh_grants() {
+    let reg = builtin().await;
+    add_user(&reg, "carol").await;
+    let post = |form: Vec<(&'static str, String)>| {
+        reg.client.post(reg.url("/auth/token")).form(&form).send()
+    };
+    // containerd's POST with a password.
+    let r = post(vec![
+        ("grant_type", "password".into()),
+        ("username", "carol".into()),
+        ("password", pw("carol")),
+        ("service", "wharf".into()),
+        ("client_id", "containerd-client".into()),
+        ("scope", "repository:library/x:pull".into()),
+        ("access_type", "offline".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["access_token"].is_string() && v["expires_in"] == 300);
+    let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+    let r = post(vec![
+        ("grant_type", "password".into()),
+        ("username", "carol".into()),
+        ("password", "nope".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // dockerd's refresh grant, then a password change voids the refresh token.
+    let grant = |t: String| {
+        post(vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", t),
+            ("service", "wharf".into()),
+            ("client_id", "docker".into()),
+        ])
+    };
+    assert_eq!(grant(refresh.clone()).await.unwrap().status(), 200);
+    assert_eq!(grant("garbage".into()).await.unwrap().status(), 401);
+    // An access token is not a refresh token.
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(grant(access).await.unwrap().status(), 401);
+    // Password changes are to the second; make sure this one is later.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, _) = api(
+        &reg,
+        ("carol", &pw("carol")),
+        Method::PUT,
+        "/users/carol/password",
+        Some(json!({"password": "a-new-password"})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(grant(refresh).await.unwrap().status(), 401);
+
+    // GET with offline_token (dockerd's login) returns a refresh token.
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?account=carol&client_id=docker&offline_token=true&service=wharf"))
+        .basic_auth("carol", Some("a-new-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["refresh_token"].is_string());
+    // Wrong service, bad scope, unknown grant.
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?service=elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?scope=repository:UPPER:pull"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        post(vec![("grant_type", "magic".into())])
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_logins_are_throttled_per_address() {
+    let reg = TestRegistry::builder()
+        .auth(AuthSetup::Builtin {
+            lockout_attempts: 5,
+        })
+        .spawn()
+        .await;
+    let try_login = |p: &'static str| {
+        reg.client
+            .get(reg.url("/auth/token?service=wharf"))
+            .basic_auth("admin", Some(p))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(try_login("wrong").await.unwrap().status(), 401);
+    }
+    let r = try_login("wrong").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    // Even the right password waits out the window.
+    assert_eq!(try_login(ADMIN_PASSWORD).await.unwrap().status(), 429);
+    let r = reg
+        .client
+        .get(reg.url("/v2/"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // Failures were audited (the writer is asynchronous: poll briefly).
+    let store = reg.auth.as_ref().unwrap().store().clone();
+    let mut failed = 0;
+    for _ in 0..50 {
+        failed = store
+            .audit(&wharf_auth::AuditFilter {
+                action: Some("login".into()),
+                outcome: Some("failed".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if failed >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        failed, 5,
+        "each refused attempt is one audit record; throttled ones never reach the check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn htpasswd_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(
+        &file,
+        format!("alice:{}\n", bcrypt::hash("alice-pw", 5).unwrap()),
+    )
+    .unwrap();
+    let reg = TestRegistry::builder()
+        .auth(AuthSetup::Htpasswd(file.clone()))
+        .spawn()
+        .await;
+    let r = reg.send(Method::GET, "/v2/").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"test-realm\""
+    );
+    let get = |u: &str, p: &str| {
+        reg.client
+            .get(reg.url("/v2/"))
+            .basic_auth(u.to_owned(), Some(p.to_owned()))
+            .send()
+    };
+    assert_eq!(get("alice", "alice-pw").await.unwrap().status(), 200);
+    assert_eq!(get("alice", "wrong").await.unwrap().status(), 401);
+    assert_eq!(get("bob", "alice-pw").await.unwrap().status(), 401);
+    // A bearer token means nothing here.
+    let r = reg
+        .client
+        .get(reg.url("/v2/"))
+        .bearer_auth("x.y.z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Anonymous pushes are refused; alice may push anywhere.
+    let r = reg.send(Method::POST, "/v2/any/repo/blobs/uploads/").await;
+    assert_eq!(r.status(), 401);
+    let r = reg
+        .client
+        .post(reg.url("/v2/any/repo/blobs/uploads/"))
+        .basic_auth("alice", Some("alice-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The file is re-read when it changes: alice's new password works, the old one not.
+    let tmp = dir.path().join("new");
+    std::fs::write(
+        &tmp,
+        format!("alice:{}\n", bcrypt::hash("new-pw", 5).unwrap()),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(get("alice", "alice-pw").await.unwrap().status(), 401);
+    assert_eq!(get("alice", "new-pw").await.unwrap().status(), 200);
+    // No token service in htpasswd mode.
+    assert_eq!(reg.send(Method::GET, "/auth/token").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_rules_and_audit() {
+    let reg = builtin().await;
+    let (s, _) = api(&reg, ("admin", "wrong"), Method::GET, "/users", None).await;
+    assert_eq!(s, 401);
+    add_user(&reg, "erin").await;
+    let erin = ("erin", "erin-password");
+    let (s, _) = api(&reg, erin, Method::GET, "/users", None).await;
+    assert_eq!(s, 403);
+    let (s, v) = api(&reg, erin, Method::GET, "/users/erin", None).await;
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("erin")));
+    let (s, _) = api(&reg, erin, Method::GET, "/users/admin", None).await;
+    assert_eq!(s, 403);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/users",
+        Some(json!({"name": "erin", "password": "12345678"})),
+    )
+    .await;
+    assert_eq!(s, 409);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/users",
+        Some(json!({"name": "x", "password": "short"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/users",
+        Some(json!({"name": "robot$x", "password": "12345678"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/users",
+        Some(json!({"name": "y", "password": "12345678", "extra": 1})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "Bad Name"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "team"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/members/erin",
+        Some(json!({"role": "boss"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/members/nobody",
+        Some(json!({"role": "guest"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = api(
+        &reg,
+        erin,
+        Method::PUT,
+        "/projects/team/members/erin",
+        Some(json!({"role": "projectadmin"})),
+    )
+    .await;
+    assert_eq!(s, 403, "no self-promotion");
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/members/erin",
+        Some(json!({"role": "projectadmin"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Now erin manages team's members and visibility, but not other projects.
+    let (s, _) = api(
+        &reg,
+        erin,
+        Method::PATCH,
+        "/projects/team",
+        Some(json!({"public": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = api(&reg, erin, Method::GET, "/projects/team/members", None).await;
+    assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 1));
+    let (s, _) = api(
+        &reg,
+        erin,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "mine"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = api(&reg, ADMIN, Method::DELETE, "/users/admin", None).await;
+    assert_eq!(s, 400, "admins cannot delete themselves");
+    let (s, v) = api(&reg, ADMIN, Method::GET, "/projects", None).await;
+    assert_eq!((s, v[0]["public"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, _) = api(&reg, ADMIN, Method::GET, "/robots", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/robots",
+        Some(json!({"name": "r", "permissions": [{"project": "team", "actions": ["fly"]}]})),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // Pushes, pulls and admin changes are in the audit log, newest first.
+    let c = Client::new(&reg, Some(erin));
+    assert_eq!(c.push("team/app", "v1").await, 201);
+    assert_eq!(c.pull("team/app", "v1").await, 200);
+    let outsider_push = Client::new(&reg, None).push("team/app", "v2").await;
+    assert_eq!(outsider_push, 401);
+    let mut found = Value::Null;
+    for _ in 0..50 {
+        let (s, v) = api(
+            &reg,
+            ADMIN,
+            Method::GET,
+            "/audit?resource=team/app&limit=10",
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        if v.as_array().unwrap().len() >= 3 {
+            found = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(String, String, String)> = found
+        .as_array()
+        .expect("audit records arrive")
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&("erin".into(), "push".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("erin".into(), "pull".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("anonymous".into(), "push".into(), "denied".into())),
+        "{rows:?}"
+    );
+    let (_, v) = api(&reg, ADMIN, Method::GET, "/audit?action=member.set", None).await;
+    assert_eq!(v[0]["resource"], "team/erin=projectadmin");
+    assert_eq!(v[0]["actor"], "admin");
+    let (s, _) = api(&reg, ADMIN, Method::GET, "/audit?since=abc", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = api(&reg, erin, Method::GET, "/audit", None).await;
+    assert_eq!(s, 403);
+}
