@@ -124,10 +124,10 @@ pub enum Mode {
     /// distribution's `auth.htpasswd`: Basic authentication on every request.
     Htpasswd {
         realm: String,
-        file: htpasswd::Htpasswd,
+        file: Arc<htpasswd::Htpasswd>,
     },
     /// Wharf's users, projects and roles, with its own token service.
-    Builtin { signer: Signer },
+    Builtin { signer: Box<Signer> },
     /// distribution's `auth.token`: tokens from an external issuer.
     External { realm: String },
 }
@@ -278,6 +278,10 @@ pub struct Auth {
     tokens: BoundedCache<Arc<Claims>>,
     cache_salt: [u8; 32],
     audit: AuditLog,
+    /// Password checks running at once: each argon2 run takes 19 MiB and a
+    /// core for tens of milliseconds, so a flood of logins queues here
+    /// instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl Auth {
@@ -314,6 +318,9 @@ impl Auth {
             tokens: BoundedCache::new(),
             cache_salt: rand::random(),
             audit,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -424,8 +431,10 @@ impl Auth {
         let (user, password) = (user.to_owned(), password.to_owned());
         match &self.mode {
             Mode::Htpasswd { file, .. } => {
+                let _permit = self.hashing.acquire().await;
                 // bcrypt takes milliseconds: keep it off the async workers.
-                let ok = tokio::task::block_in_place(|| file.verify(&user, &password));
+                let (file, name) = (file.clone(), user.clone());
+                let ok = blocking(move || file.verify(&name, &password)).await?;
                 Ok(ok.then_some(Principal::Htpasswd { name: user }))
             }
             Mode::External { .. } => Ok(None),
@@ -469,13 +478,16 @@ impl Auth {
                     }));
                 }
                 let record = self.store.user(&user).await?;
-                let ok = tokio::task::block_in_place(|| match &record {
-                    Some(u) => password::verify(&u.password_hash, &password),
+                let _permit = self.hashing.acquire().await;
+                let hash = record.as_ref().map(|u| u.password_hash.clone());
+                let ok = blocking(move || match hash {
+                    Some(h) => password::verify(&h, &password),
                     None => {
                         password::verify_dummy(&password);
                         false
                     }
-                });
+                })
+                .await?;
                 Ok(match (ok, record) {
                     (true, Some(u)) => Some(Principal::User {
                         name: u.name,
@@ -786,8 +798,10 @@ impl Auth {
         }
         let generated = given.is_none();
         let pw = given.unwrap_or_else(|| password::random_secret(""));
-        let hash =
-            tokio::task::block_in_place(|| password::hash(&pw)).map_err(AuthError::Internal)?;
+        let pw2 = pw.clone();
+        let hash = blocking(move || password::hash(&pw2))
+            .await?
+            .map_err(AuthError::Internal)?;
         let now = now_ms();
         match self.store.user(name).await? {
             Some(_) => {
@@ -818,6 +832,15 @@ pub fn valid_user_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Runs CPU-heavy work (password hashing) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 fn expired(at: Option<i64>) -> bool {

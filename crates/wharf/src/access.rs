@@ -29,7 +29,7 @@ pub async fn build(
         AuthMode::None => return Ok(None),
         AuthMode::Htpasswd { realm, path } => Mode::Htpasswd {
             realm: realm.clone(),
-            file: Htpasswd::open(path.clone()).context("auth.htpasswd.path")?,
+            file: Arc::new(Htpasswd::open(path.clone()).context("auth.htpasswd.path")?),
         },
         AuthMode::Token {
             realm,
@@ -73,8 +73,10 @@ pub async fn build(
             settings.refresh_ttl = *refreshexpiration;
             let path = signing_key_path(root);
             Mode::Builtin {
-                signer: token::Signer::load_or_create(&path)
-                    .with_context(|| format!("token signing key {}", path.display()))?,
+                signer: Box::new(
+                    token::Signer::load_or_create(&path)
+                        .with_context(|| format!("token signing key {}", path.display()))?,
+                ),
             }
         }
     };

@@ -122,15 +122,17 @@ impl TestRegistryBuilder {
                     AuthSetup::Builtin { lockout_attempts } => {
                         settings.max_failed_logins = lockout_attempts;
                         wharf_auth::Mode::Builtin {
-                            signer: wharf_auth::token::Signer::load_or_create(
-                                &data.join("wharf/token-signing.pem"),
-                            )
-                            .unwrap(),
+                            signer: Box::new(
+                                wharf_auth::token::Signer::load_or_create(
+                                    &data.join("wharf/token-signing.pem"),
+                                )
+                                .unwrap(),
+                            ),
                         }
                     }
                     AuthSetup::Htpasswd(p) => wharf_auth::Mode::Htpasswd {
                         realm: "test-realm".into(),
-                        file: wharf_auth::htpasswd::Htpasswd::open(p).unwrap(),
+                        file: Arc::new(wharf_auth::htpasswd::Htpasswd::open(p).unwrap()),
                     },
                 };
                 let audit =
