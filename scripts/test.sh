@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap)
+PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,8 @@
 # End-to-end tests: real clients (skopeo, podman, buildah, docker, ctr) push,
 # pull, copy across repositories, push a multi-arch index, pull one platform
 # and delete, against `wharf serve` on a free loopback port, over HTTP and
-# over HTTPS with a throwaway CA. Needs root and the clients installed
+# over HTTPS with a throwaway CA; then log in to htpasswd and built-in
+# access control with each of them (auth.sh). Needs root and the clients installed
 # (scripts/test.sh installs them). Usage: run.sh [client...]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -14,9 +15,10 @@ mkdir -p "$WORK"
 export WORK WHARF
 . "$HERE/lib.sh"
 . "$HERE/clients.sh"
+. "$HERE/auth.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth)
 
 cleanup() {
   stop_wharf; stop_dockerd; stop_containerd
@@ -35,6 +37,13 @@ for c in "${CLIENTS[@]}"; do
     docker) start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(dockerd); continue; } ;;
     ctr) start_containerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(containerd); continue; } ;;
   esac
+  if [ "$c" = auth ]; then
+    echo "--- access control"
+    { start_dockerd && start_containerd; } || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(auth-daemons); continue; }
+    client_auth
+    stop_dockerd; stop_containerd
+    continue
+  fi
   if [ "$c" = diskfull ]; then
     MODE=http SCHEME=http CURL_TLS=""
     echo "--- full disk"

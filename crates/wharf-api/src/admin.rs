@@ -71,6 +71,18 @@ async fn openapi() -> Response {
     r
 }
 
+/// What authentication needs from a request (owned: a borrowed request
+/// would make the handler's future not `Send`).
+type RequestFacts = (axum::http::Uri, HeaderMap, Option<ConnInfo>);
+
+fn facts(req: &Request) -> RequestFacts {
+    (
+        req.uri().clone(),
+        req.headers().clone(),
+        req.extensions().get::<ConnInfo>().copied(),
+    )
+}
+
 /// The authenticated caller of an admin request.
 struct Admin {
     auth: Arc<Auth>,
@@ -79,11 +91,8 @@ struct Admin {
 }
 
 impl Admin {
-    async fn from(
-        st: &AppState,
-        headers: &HeaderMap,
-        conn: Option<ConnInfo>,
-    ) -> Result<Admin, ApiError> {
+    async fn from(st: &AppState, (uri, headers, conn): RequestFacts) -> Result<Admin, ApiError> {
+        let headers = &headers;
         let Some(auth) = st.auth.clone() else {
             return Err(ApiError::msg(
                 ErrorCode::NotFound,
@@ -91,7 +100,7 @@ impl Admin {
             ));
         };
         let addr = conn.and_then(|c| c.remote).map(|a| a.ip());
-        let base = crate::base_url(st, headers, conn.as_ref());
+        let base = crate::base_url(st, &uri, headers, conn.as_ref());
         let who = authenticate(&auth, headers, addr, &base).await?;
         if who == Principal::Anonymous {
             return Err(ApiError::msg(
@@ -146,10 +155,6 @@ impl Admin {
             .audit(&self.who.actor(), self.addr, action, resource, "ok")
             .await;
     }
-}
-
-fn conn(req: &Request) -> Option<ConnInfo> {
-    req.extensions().get::<ConnInfo>().copied()
 }
 
 fn store(e: MetaError) -> ApiError {
@@ -222,7 +227,7 @@ async fn hash_password(pw: &str) -> Result<String, ApiError> {
 // ---- users -------------------------------------------------------------------
 
 async fn list_users(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let users = a.auth.store().users().await.map_err(store)?;
     ok(
@@ -241,7 +246,7 @@ struct NewUser {
 }
 
 async fn create_user(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let n: NewUser = body(req).await?;
     if !wharf_auth::valid_user_name(&n.name) {
@@ -267,7 +272,7 @@ async fn get_user(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_self_or_admin(&name)?;
     let u = a
         .auth
@@ -296,7 +301,7 @@ async fn update_user(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let up: UserUpdate = body(req).await?;
     if let Some(admin) = up.admin {
@@ -337,7 +342,7 @@ async fn delete_user(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     if a.who.subject() == name {
         return Err(invalid("administrators cannot delete themselves"));
@@ -360,7 +365,7 @@ async fn set_password(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_self_or_admin(&name)?;
     let p: NewPassword = body(req).await?;
     let hash = hash_password(&p.password).await?;
@@ -460,7 +465,7 @@ async fn new_credential(
 }
 
 async fn list_robots(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let v = a
         .auth
@@ -472,7 +477,7 @@ async fn list_robots(State(st): State<Arc<AppState>>, req: Request) -> Result<Re
 }
 
 async fn create_robot(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let mut n: NewCredential = body(req).await?;
     if let Some(stripped) = n.name.strip_prefix(ROBOT_USER_PREFIX) {
@@ -486,7 +491,7 @@ async fn delete_robot(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let name = name
         .strip_prefix(ROBOT_USER_PREFIX)
@@ -511,7 +516,7 @@ async fn list_tokens(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_self_or_admin(&name)?;
     let v = a
         .auth
@@ -527,7 +532,7 @@ async fn create_token(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_self_or_admin(&name)?;
     let n: NewCredential = body(req).await?;
     new_credential(&a, CredentialKind::Token, &name, n).await
@@ -538,7 +543,7 @@ async fn delete_token(
     Path((name, token)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_self_or_admin(&name)?;
     if !a
         .auth
@@ -559,7 +564,7 @@ async fn list_projects(
     State(st): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     let vis = a.auth.visibility(&a.who).await.map_err(auth_err)?;
     let projects = a.auth.store().projects().await.map_err(store)?;
     let shown: Vec<Value> = projects
@@ -586,7 +591,7 @@ async fn create_project(
     State(st): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let n: NewProject = body(req).await?;
     if !wharf_oci::is_name_component(&n.name) {
@@ -609,7 +614,7 @@ async fn get_project(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     let vis = a.auth.visibility(&a.who).await.map_err(auth_err)?;
     let p = a.auth.store().project(&name).await.map_err(store)?;
     match p {
@@ -629,7 +634,7 @@ async fn update_project(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_project_admin(&name).await?;
     let up: ProjectUpdate = body(req).await?;
     if let Some(public) = up.public {
@@ -667,7 +672,7 @@ async fn delete_project(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     // Repositories stay (deleting them is the registry's business); the
     // project record, its visibility and members go.
@@ -683,7 +688,7 @@ async fn list_members(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_project_admin(&name).await?;
     if a.auth
         .store()
@@ -714,7 +719,7 @@ async fn set_member(
     Path((name, user)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_project_admin(&name).await?;
     let r: MemberRole = body(req).await?;
     let role: Role = r.role.parse().map_err(invalid)?;
@@ -733,7 +738,7 @@ async fn remove_member(
     Path((name, user)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_project_admin(&name).await?;
     if !a
         .auth
@@ -751,7 +756,7 @@ async fn remove_member(
 // ---- audit -------------------------------------------------------------------
 
 async fn audit(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let a = Admin::from(&st, req.headers(), conn(&req)).await?;
+    let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let q = crate::Query::parse(req.uri().query());
     let num = |k: &str| -> Result<Option<i64>, ApiError> {

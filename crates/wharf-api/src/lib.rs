@@ -136,13 +136,21 @@ impl Ctx {
     }
 }
 
-fn base_url(st: &AppState, headers: &HeaderMap, conn: Option<&ConnInfo>) -> String {
+fn base_url(
+    st: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    conn: Option<&ConnInfo>,
+) -> String {
     if let Some(b) = &st.config.base_url {
         return b.trim_end_matches('/').to_owned();
     }
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` that
+    // hyper puts into the URI.
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()));
     let proto = headers
         .get("x-forwarded-proto")
@@ -177,7 +185,7 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
     };
     let label = ep.label();
     let conn = parts.extensions.get::<ConnInfo>();
-    let base = base_url(&st, &parts.headers, conn);
+    let base = base_url(&st, &parts.uri, &parts.headers, conn);
     let addr = conn.and_then(|c| c.remote).map(|a| a.ip());
     let caller = match &st.auth {
         None => auth::Caller::Open,

@@ -108,6 +108,10 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
         .map(|l| l.0)
         .unwrap_or(if path.starts_with("/v2") {
             "v2"
+        } else if path.starts_with("/auth/") {
+            "token"
+        } else if path.starts_with("/api/") {
+            "admin"
         } else {
             "other"
         });

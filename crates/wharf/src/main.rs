@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod access;
+mod admin_cli;
 mod config;
 mod server;
 
@@ -39,6 +40,41 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage users on a running server (auth.builtin).
+    User {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::UserCommand,
+    },
+    /// Manage projects and their members on a running server.
+    Project {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::ProjectCommand,
+    },
+    /// Manage robot accounts on a running server.
+    Robot {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::RobotCommand,
+    },
+    /// Manage your personal access tokens on a running server.
+    Token {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::TokenCommand,
+    },
+    /// Query the audit log of a running server.
+    Audit {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(flatten)]
+        args: admin_cli::AuditArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -83,6 +119,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { file }) => check(file),
+        Command::User { remote, cmd } => admin_cli::user(remote, cmd),
+        Command::Project { remote, cmd } => admin_cli::project(remote, cmd),
+        Command::Robot { remote, cmd } => admin_cli::robot(remote, cmd),
+        Command::Token { remote, cmd } => admin_cli::token(remote, cmd),
+        Command::Audit { remote, args } => admin_cli::audit(remote, args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
