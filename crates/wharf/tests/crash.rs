@@ -18,7 +18,7 @@ struct Acked {
 /// One client: pushes blobs (monolithic and chunked) and manifests until told
 /// to stop or the server dies.
 async fn pusher(id: u64, base: String, acked: Arc<Mutex<Acked>>) {
-    let client = reqwest::Client::new();
+    let client = common::client();
     let repo = format!("crash/r{}", id % 3);
     for n in 0u64.. {
         let seed = id * 1_000_000 + n;
@@ -148,7 +148,7 @@ async fn kill_during_concurrent_pushes() {
     }
 
     let server = Server::start(&data, &[], &[]);
-    let client = reqwest::Client::new();
+    let client = common::client();
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(
         acked.blobs.len() >= 6,

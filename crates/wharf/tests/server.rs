@@ -31,7 +31,7 @@ fn tls_client_hello_on_plain_port_gets_go_answer() {
 async fn sigterm_finishes_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[], &[]);
-    let client = reqwest::Client::new();
+    let client = common::client();
     let r = client
         .post(server.url("/v2/slow/blobs/uploads/"))
         .send()

@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
+/// An HTTP client for the tests. reqwest is built here without a default
+/// TLS provider (the binary brings ring), so say which.
+pub fn client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .unwrap()
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: String,
