@@ -21,7 +21,7 @@ impl Client {
     fn new(reg: &TestRegistry, creds: Option<(&str, &str)>) -> Client {
         Client {
             base: reg.url(""),
-            http: reqwest::Client::new(),
+            http: harness::http_client(),
             creds: creds.map(|(u, p)| (u.to_owned(), p.to_owned())),
         }
     }

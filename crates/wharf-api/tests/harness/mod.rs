@@ -193,7 +193,7 @@ impl TestRegistryBuilder {
         TestRegistry {
             addr,
             registry,
-            client: reqwest::Client::new(),
+            client: http_client(),
             data,
             auth,
             _tmp: tmp,
@@ -201,6 +201,13 @@ impl TestRegistryBuilder {
             task: Some(task),
         }
     }
+}
+
+/// An HTTP client. The workspace builds reqwest without a default TLS
+/// provider (the binary names ring explicitly), so install ring first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 pub fn sha256(data: &[u8]) -> String {
