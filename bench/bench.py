@@ -8,7 +8,11 @@ throughput and requests per second, lower for time and memory).
 
 Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
 BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_ONLY (blobs,
-requests, catalog, memory).
+requests, catalog, memory, auth).
+
+The auth section has no distribution counterpart (distribution issues no
+tokens): it runs Wharf alone, pinned to one core, with and without
+auth.builtin.
 """
 import concurrent.futures as cf
 import hashlib
@@ -29,13 +33,14 @@ BLOB_MIB = int(os.environ.get("BENCH_BLOB_MIB", "1024"))
 REPOS = int(os.environ.get("BENCH_REPOS", "10000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-# Comma-separated subset of: blobs, requests, catalog, memory (default: all).
+# Comma-separated subset of: blobs, requests, catalog, memory, auth (default: all).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
 def wanted(section):
     return not ONLY or section in ONLY
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+ADMIN_PASSWORD = "bench-admin-password"
 
 results = []  # (name, unit, wharf, dist, better)
 
@@ -45,8 +50,9 @@ def log(*a):
 
 
 class Server:
-    def __init__(self, kind, work):
+    def __init__(self, kind, work, extra_config="", cpu=None):
         self.kind, self.work = kind, work
+        self.extra_config, self.cpu = extra_config, cpu
         self.data = os.path.join(work, kind + "-data")
         os.makedirs(self.data, exist_ok=True)
         self.proc = None
@@ -56,11 +62,13 @@ class Server:
         if self.kind == "wharf":
             cfg = os.path.join(self.work, "wharf.yml")
             with open(cfg, "w") as f:
-                f.write("log:\n  level: error\n  accesslog:\n    disabled: true\n")
+                f.write("log:\n  level: error\n  accesslog:\n    disabled: true\n" + self.extra_config)
             t0 = time.monotonic()
+            pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
+            env = dict(os.environ, WHARF_ADMIN_PASSWORD=ADMIN_PASSWORD)
             self.proc = subprocess.Popen(
-                [WHARF, "serve", "--config", cfg, "--data", self.data, "--addr", "127.0.0.1:0"],
-                stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "wharf.err"), "a"), text=True)
+                pin + [WHARF, "serve", "--config", cfg, "--data", self.data, "--addr", "127.0.0.1:0"],
+                stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "wharf.err"), "a"), text=True, env=env)
             line = self.proc.stdout.readline()
             self.startup = time.monotonic() - t0
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
@@ -133,8 +141,8 @@ def with_query(loc, q):
     return loc + ("&" if "?" in loc else "?") + q
 
 
-def start_upload(c, repo):
-    c.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+def start_upload(c, repo, auth=None):
+    c.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0", **(auth or {})})
     r = c.getresponse()
     r.read()
     assert r.status == 202, r.status
@@ -145,9 +153,10 @@ def start_upload(c, repo):
 def push_bytes(srv, repo, data, c=None):
     c = c or srv.conn()
     d = "sha256:" + hashlib.sha256(data).hexdigest()
-    loc = start_upload(c, repo)
+    auth = getattr(srv, "auth_header", {})
+    loc = start_upload(c, repo, auth)
     c.request("PUT", with_query(loc, "digest=" + d), body=data,
-              headers={"Content-Type": "application/octet-stream"})
+              headers={"Content-Type": "application/octet-stream", **auth})
     r = c.getresponse()
     r.read()
     assert r.status == 201, (r.status, srv.kind)
@@ -163,6 +172,63 @@ def curl_time(args):
 def record(name, unit, w, d, better):
     results.append((name, unit, w, d, better))
     log(f"  {name}: wharf {w:.3f} {unit}, distribution {d:.3f} {unit}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_cpu(srv, url, headers):
+    """Requests per second and server CPU microseconds per request."""
+    args = []
+    for h in headers:
+        args += ["-H", h]
+    before = cpu_seconds(srv.proc.pid)
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{SECONDS}s", *args, url],
+                         check=True, capture_output=True, text=True).stdout
+    used = cpu_seconds(srv.proc.pid) - before
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert not non2xx, f"wrk saw errors on {url}: {out}"
+    return total / SECONDS, used * 1e6 / total
+
+
+def bench_auth(work):
+    """Token issuance on one core, and what a valid token adds to a GET."""
+    import base64
+    nan = float("nan")
+    basic = "Authorization: Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+    acc = f"Accept: {DOCKER_V2}"
+    open_srv = Server("wharf", os.path.join(work, "open"), cpu=0)
+    auth_srv = Server("wharf", os.path.join(work, "auth"), "auth:\n  builtin: {}\n", cpu=0)
+    for s in (open_srv, auth_srv):
+        os.makedirs(s.work, exist_ok=True)
+        s.start()
+    try:
+        make_image(open_srv, "bench/app", ["latest"])
+        # Push to the auth server with a token, as a client would.
+        c = auth_srv.conn()
+        c.request("GET", "/auth/token?service=wharf&scope=repository:bench/app:pull,push", headers={"Authorization": basic[15:]})
+        r = c.getresponse()
+        token = json.loads(r.read())["token"]
+        auth_srv.auth_header = {"Authorization": "Bearer " + token}
+        make_image(auth_srv, "bench/app", ["latest"])
+        issue = [wrk_cpu(auth_srv, auth_srv.base + "/auth/token?service=wharf&scope=repository:bench/app:pull", [basic])[0]
+                 for _ in range(REPS)]
+        record("tokens issued per second, server on one core", "tokens/s", statistics.median(issue), nan, "higher")
+        path = "/v2/bench/app/manifests/latest"
+        anon = [wrk_cpu(open_srv, open_srv.base + path, [acc]) for _ in range(REPS)]
+        authd = [wrk_cpu(auth_srv, auth_srv.base + path, [acc, "Authorization: Bearer " + token]) for _ in range(REPS)]
+        a_cpu = statistics.median(x[1] for x in anon)
+        t_cpu = statistics.median(x[1] for x in authd)
+        record("GET manifest, anonymous (auth off), CPU per request", "us", a_cpu, nan, "lower")
+        record("GET manifest with a valid token, CPU per request", "us", t_cpu, nan, "lower")
+        record("CPU a token adds to a GET", "%", (t_cpu / a_cpu - 1) * 100, nan, "lower")
+    finally:
+        for s in (open_srv, auth_srv):
+            s.stop()
 
 
 def bench_monolithic(servers, files):
@@ -237,7 +303,8 @@ def make_image(srv, repo, tags):
                     "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd, "size": len(cfg)},
                     "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": ld, "size": len(layer)}]}).encode()
     for t in tags:
-        c.request("PUT", f"/v2/{repo}/manifests/{t}", body=m, headers={"Content-Type": DOCKER_V2})
+        c.request("PUT", f"/v2/{repo}/manifests/{t}", body=m,
+                  headers={"Content-Type": DOCKER_V2, **getattr(srv, "auth_header", {})})
         r = c.getresponse()
         r.read()
         assert r.status == 201, (srv.kind, r.status)
@@ -381,6 +448,9 @@ def main():
         if wanted("memory"):
             log("memory")
             bench_memory(servers)
+        if wanted("auth"):
+            log("access control (Wharf only, one core)")
+            bench_auth(work)
     finally:
         for s in servers:
             s.stop()
@@ -389,6 +459,9 @@ def main():
 
     print(f"\n{'figure':58} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
     for name, unit, w, d, better in results:
+        if d != d:  # no distribution counterpart
+            print(f"{name + ' (' + unit + ')':58} {w:12.2f} {'-':>14} {'-':>8}")
+            continue
         ratio = (w / d if better == "higher" else d / w) if w and d else float("nan")
         print(f"{name + ' (' + unit + ')':58} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
     print("\nratio: how many times better Wharf is (throughput / distribution's, or distribution's time / Wharf's).")

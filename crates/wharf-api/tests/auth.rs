@@ -1071,3 +1071,80 @@ async fn admin_api_rules_and_audit() {
     let (s, _) = api(&reg, erin, Method::GET, "/audit", None).await;
     assert_eq!(s, 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_from_an_external_issuer() {
+    use wharf_auth::token::{Audience, Claims, Signer, VerifyKey};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Signer::load_or_create(&dir.path().join("issuer.pem")).unwrap();
+    let keys = VerifyKey::from_jwks(&issuer.jwks().to_string()).unwrap();
+    let reg = TestRegistry::builder()
+        .auth(AuthSetup::External(keys))
+        .spawn()
+        .await;
+    let r = reg.send(Method::GET, "/v2/team/app/tags/list").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"https://auth.example.com/token\",service=\"ext-registry\",scope=\"repository:team/app:pull\""
+    );
+    let now = wharf_auth::now_ms() / 1000;
+    let grant = |actions: &[&str]| Claims {
+        iss: "ext-issuer".into(),
+        sub: "someone".into(),
+        aud: Audience::Many(vec!["other".into(), "ext-registry".into()]),
+        exp: now + 60,
+        nbf: now,
+        iat: now,
+        jti: "j".into(),
+        access: vec![wharf_auth::AccessEntry {
+            kind: "repository".into(),
+            name: "team/app".into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }],
+        wharf_use: None,
+        wharf_via: None,
+    };
+    let push = issuer.sign(&grant(&["pull", "push"])).unwrap();
+    let r = reg
+        .client
+        .post(reg.url("/v2/team/app/blobs/uploads/"))
+        .bearer_auth(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "the token's access claim is what counts");
+    let pull_only = issuer.sign(&grant(&["pull"])).unwrap();
+    let r = reg
+        .client
+        .post(reg.url("/v2/team/app/blobs/uploads/"))
+        .bearer_auth(&pull_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let wrong_iss = issuer
+        .sign(&Claims {
+            iss: "another".into(),
+            ..grant(&["pull"])
+        })
+        .unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/v2/"))
+        .bearer_auth(&wrong_iss)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // No passwords and no token service here.
+    let r = reg
+        .client
+        .get(reg.url("/v2/"))
+        .basic_auth("admin", Some("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(reg.send(Method::GET, "/auth/token").await.status(), 404);
+}

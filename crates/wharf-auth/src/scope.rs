@@ -188,9 +188,8 @@ pub fn granted(access: &[AccessEntry], resource: &Resource) -> Actions {
             Resource::Repository(n) => e.kind == "repository" && e.name == n.as_str(),
             Resource::Catalog => e.kind == "registry" && e.name == "catalog",
         })
-        .fold(Actions::NONE, |acc, e| {
-            acc.union(Actions::parse_list(&e.actions.join(",")))
-        })
+        .flat_map(|e| &e.actions)
+        .fold(Actions::NONE, |acc, a| acc.union(Actions::parse_list(a)))
 }
 
 /// The project a repository belongs to: its first path component, or

@@ -463,30 +463,29 @@ impl Verifier {
             Some(c) => Some(STANDARD.decode(c).map_err(|_| TokenError::Malformed)?),
             None => None,
         };
-        let candidates = self.keys.iter().filter(|k| k.accepts(&header.alg));
-        let mut tried = false;
-        let mut ok = false;
-        for k in candidates {
-            // x5c: the leaf must be one of the trusted certificates (no chain
-            // building); kid: only the key with that id.
-            if let Some(leaf) = &leaf {
-                if k.cert.as_deref() != Some(leaf.as_slice()) {
-                    continue;
-                }
-            } else if let (Some(want), Some(have)) = (&header.kid, &k.kid)
-                && want != have
-            {
-                continue;
-            }
-            tried = true;
-            if k.verify(&header.alg, signed.as_bytes(), &sig).is_ok() {
-                ok = true;
-                break;
-            }
-        }
-        if !tried && !self.keys.iter().any(|k| k.accepts(&header.alg)) {
+        if !self.keys.iter().any(|k| k.accepts(&header.alg)) {
             return Err(TokenError::Algorithm(header.alg.chars().take(20).collect()));
         }
+        // x5c: the leaf must be one of the trusted certificates (no chain
+        // building). kid: the key with that id first; issuers compute ids
+        // differently, so then every key of the algorithm (the signature is
+        // what proves the token either way).
+        let verifies = |k: &&VerifyKey| k.verify(&header.alg, signed.as_bytes(), &sig).is_ok();
+        let usable = || self.keys.iter().filter(|k| k.accepts(&header.alg));
+        let ok = match (&leaf, &header.kid) {
+            (Some(leaf), _) => usable()
+                .filter(|k| k.cert.as_deref() == Some(leaf.as_slice()))
+                .any(|k| verifies(&k)),
+            (None, Some(kid)) => {
+                usable()
+                    .filter(|k| k.kid.as_ref() == Some(kid))
+                    .any(|k| verifies(&k))
+                    || usable()
+                        .filter(|k| k.kid.as_ref() != Some(kid))
+                        .any(|k| verifies(&k))
+            }
+            (None, None) => usable().any(|k| verifies(&k)),
+        };
         if !ok {
             return Err(TokenError::BadSignature);
         }
@@ -600,6 +599,132 @@ mod tests {
         for junk in ["", "a.b", "a.b.c.d", "...", &"x".repeat(MAX_TOKEN_LEN + 1)] {
             assert!(v.verify(junk, now).is_err());
         }
+    }
+
+    /// An RSA key and a self-signed certificate for it, made by openssl as an
+    /// external token server's operator would.
+    fn openssl_rsa(dir: &Path) -> (Vec<u8>, String) {
+        let (key, cert) = (dir.join("k.pem"), dir.join("c.pem"));
+        let st = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=token-issuer",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is needed for this test (scripts/test.sh installs it)");
+        assert!(st.success());
+        let der = pem_blocks(&std::fs::read_to_string(&key).unwrap(), "PRIVATE KEY")
+            .unwrap()
+            .remove(0);
+        (der, std::fs::read_to_string(&cert).unwrap())
+    }
+
+    fn rs256(der: &[u8], header: serde_json::Value, claims: &Claims) -> String {
+        let pair = signature::RsaKeyPair::from_pkcs8(der).unwrap();
+        let mut t = URL_SAFE_NO_PAD.encode(header.to_string());
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap()));
+        let mut sig = vec![0; pair.public().modulus_len()];
+        pair.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            t.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        t
+    }
+
+    #[test]
+    fn external_issuer_with_a_certificate_bundle_and_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (der, cert_pem) = openssl_rsa(dir.path());
+        let keys = VerifyKey::from_cert_bundle(&cert_pem).unwrap();
+        let kid = keys[0].kid.clone().unwrap();
+        let v = Verifier::new(keys, "wharf".into(), "registry".into());
+        let now = 1_700_000_000;
+        let c = claims(now);
+        let cert_der = pem_blocks(&cert_pem, "CERTIFICATE").unwrap().remove(0);
+        // distribution's token servers: x5c with the certificate, or a kid.
+        let x5c = rs256(
+            &der,
+            serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [STANDARD.encode(&cert_der)]}),
+            &c,
+        );
+        assert_eq!(v.verify(&x5c, now).unwrap(), c);
+        let with_kid = rs256(&der, serde_json::json!({"alg": "RS256", "kid": kid}), &c);
+        assert!(v.verify(&with_kid, now).is_ok());
+        let plain = rs256(
+            &der,
+            serde_json::json!({"alg": "RS256", "kid": "some-other-id"}),
+            &c,
+        );
+        assert!(
+            v.verify(&plain, now).is_ok(),
+            "an unknown kid still verifies by signature"
+        );
+        // A certificate in x5c that is not in the bundle is refused even if it signed.
+        let other = tempfile::tempdir().unwrap();
+        let (der2, cert2) = openssl_rsa(other.path());
+        let cert2_der = pem_blocks(&cert2, "CERTIFICATE").unwrap().remove(0);
+        let foreign = rs256(
+            &der2,
+            serde_json::json!({"alg": "RS256", "x5c": [STANDARD.encode(&cert2_der)]}),
+            &c,
+        );
+        assert!(matches!(
+            v.verify(&foreign, now),
+            Err(TokenError::BadSignature)
+        ));
+        let foreign_plain = rs256(&der2, serde_json::json!({"alg": "RS256"}), &c);
+        assert!(v.verify(&foreign_plain, now).is_err());
+        // ES256 against an RSA-only bundle: the algorithm is not accepted.
+        let (_d, es) = signer();
+        assert!(matches!(
+            v.verify(&es.sign(&c).unwrap(), now),
+            Err(TokenError::Algorithm(_))
+        ));
+
+        // The same key as a JWKS document (n and e from the certificate).
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+        let x509_parser::public_key::PublicKey::RSA(rsa) = cert.public_key().parsed().unwrap()
+        else {
+            panic!("not RSA")
+        };
+        let trim = |b: &[u8]| {
+            b.iter()
+                .skip_while(|x| **x == 0)
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": "skipped"},
+            {"kty": "RSA", "kid": "k1", "n": URL_SAFE_NO_PAD.encode(trim(rsa.modulus)), "e": URL_SAFE_NO_PAD.encode(trim(rsa.exponent))}
+        ]});
+        let vj = Verifier::new(
+            VerifyKey::from_jwks(&jwks.to_string()).unwrap(),
+            "wharf".into(),
+            "registry".into(),
+        );
+        let t = rs256(&der, serde_json::json!({"alg": "RS256", "kid": "k1"}), &c);
+        assert!(vj.verify(&t, now).is_ok());
+        assert!(vj.verify(&foreign_plain, now).is_err());
+        assert!(VerifyKey::from_jwks(r#"{"keys": []}"#).is_err());
+        assert!(VerifyKey::from_cert_bundle("no pem here").is_err());
     }
 
     #[test]

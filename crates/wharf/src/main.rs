@@ -212,6 +212,19 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         .context("opening the metadata database")?;
     let meta = Arc::new(meta);
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
+    if auth.is_some()
+        && cfg.http.tls.is_none()
+        && config::listen_addrs(&cfg.http.addr)?
+            .iter()
+            .any(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            addr = %cfg.http.addr,
+            "access control is on without TLS on a non-loopback address: passwords and tokens \
+             cross the network in clear text. Set http.tls.certificate and http.tls.key \
+             (or terminate TLS in front of Wharf and set http.host to its https URL)"
+        );
+    }
     let registry = Arc::new(wharf_core::Registry::new(
         Arc::new(blobs),
         meta,

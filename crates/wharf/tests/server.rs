@@ -168,3 +168,93 @@ fn refuses_configs_it_cannot_honour() {
         "{help}"
     );
 }
+
+/// Built-in auth on first start: an administrator with a generated password,
+/// printed once; a private signing key; a warning when passwords would cross
+/// the network unencrypted.
+#[tokio::test]
+async fn builtin_auth_first_start() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "auth:\n  builtin: {}\n").unwrap();
+    let data = dir.path().join("data");
+    let spawn = |addr: &str| {
+        let stderr =
+            std::fs::File::create(dir.path().join(format!("{}.err", addr.replace(':', "_"))))
+                .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data")
+            .arg(&data)
+            .args(["--addr", addr])
+            .env_remove("WHARF_ADMIN_PASSWORD")
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            assert!(
+                out.read_line(&mut l).unwrap() > 0,
+                "wharf exited: {lines:?}"
+            );
+            let done = l.starts_with("wharf listening on ");
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        (child, lines)
+    };
+    let (mut child, lines) = spawn("127.0.0.1:0");
+    let first = &lines[0];
+    assert!(
+        first.starts_with("created administrator \"admin\" with password: "),
+        "{lines:?}"
+    );
+    let password = first.trim_end().rsplit(' ').next().unwrap().to_owned();
+    assert!(password.len() >= 32);
+    let addr = lines.last().unwrap()["wharf listening on ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = common::client();
+    let token = |pw: String| {
+        client
+            .get(format!("http://{addr}/auth/token?service=wharf"))
+            .basic_auth("admin", Some(pw))
+            .send()
+    };
+    assert_eq!(token(password.clone()).await.unwrap().status(), 200);
+    assert_eq!(token("wrong".into()).await.unwrap().status(), 401);
+    let key = data.join("wharf/token-signing.pem");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let log = std::fs::read_to_string(dir.path().join("127.0.0.1_0.err")).unwrap();
+    assert!(
+        !log.contains(&password),
+        "the password must not reach the log"
+    );
+    assert!(
+        !log.contains("without TLS"),
+        "loopback needs no warning: {log}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Second start, on every address: no new password, a TLS warning.
+    let (mut child, lines) = spawn("0.0.0.0:0");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("0.0.0.0_0.err")).unwrap();
+    assert!(log.contains("without TLS"), "{log}");
+}

@@ -22,6 +22,8 @@ pub enum AuthSetup {
     Builtin { lockout_attempts: u32 },
     /// An htpasswd file.
     Htpasswd(PathBuf),
+    /// Tokens from an external issuer (`iss` "ext-issuer", service "ext-registry").
+    External(Vec<wharf_auth::token::VerifyKey>),
 }
 
 pub const ADMIN_PASSWORD: &str = "admin-password";
@@ -118,6 +120,7 @@ impl TestRegistryBuilder {
             None => None,
             Some(setup) => {
                 let mut settings = wharf_auth::Settings::default();
+                let mut external_keys = Vec::new();
                 let mode = match setup {
                     AuthSetup::Builtin { lockout_attempts } => {
                         settings.max_failed_logins = lockout_attempts;
@@ -134,6 +137,14 @@ impl TestRegistryBuilder {
                         realm: "test-realm".into(),
                         file: Arc::new(wharf_auth::htpasswd::Htpasswd::open(p).unwrap()),
                     },
+                    AuthSetup::External(ref keys) => {
+                        settings.issuer = "ext-issuer".into();
+                        settings.service = "ext-registry".into();
+                        external_keys = keys.clone();
+                        wharf_auth::Mode::External {
+                            realm: "https://auth.example.com/token".into(),
+                        }
+                    }
                 };
                 let audit =
                     wharf_auth::AuditLog::spawn(meta.clone(), std::time::Duration::from_secs(3600));
@@ -141,7 +152,7 @@ impl TestRegistryBuilder {
                     meta.clone(),
                     mode,
                     settings,
-                    Vec::new(),
+                    external_keys,
                     audit,
                 ));
                 if matches!(a.mode(), wharf_auth::Mode::Builtin { .. }) {
