@@ -223,7 +223,7 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
         } else {
             "failed"
         };
-        a.audit(&actor, addr, action, &resource, outcome).await;
+        a.audit(actor, addr, action, resource, outcome).await;
     }
     resp.extensions_mut().insert(EndpointLabel(label));
     resp

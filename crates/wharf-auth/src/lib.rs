@@ -275,7 +275,9 @@ pub struct Auth {
     /// Bumped by every change to users or credentials: cached logins die.
     epoch: AtomicU64,
     logins: BoundedCache<Principal>,
-    tokens: BoundedCache<Arc<Claims>>,
+    /// Verified tokens by their signature segment (short to hash), with the
+    /// whole token to compare on a hit.
+    tokens: BoundedCache<(Arc<str>, Arc<Claims>)>,
     cache_salt: [u8; 32],
     audit: AuditLog,
     /// Password checks running at once: each argon2 run takes 19 MiB and a
@@ -347,19 +349,19 @@ impl Auth {
 
     pub async fn audit(
         &self,
-        actor: &str,
+        actor: impl Into<String>,
         addr: Option<IpAddr>,
         action: &str,
-        resource: &str,
+        resource: impl Into<String>,
         outcome: &str,
     ) {
         self.audit
             .record(AuditEntry {
                 at_ms: now_ms(),
-                actor: actor.to_owned(),
+                actor: actor.into(),
                 addr: addr.map(|a| a.to_string()).unwrap_or_default(),
                 action: action.to_owned(),
-                resource: resource.to_owned(),
+                resource: resource.into(),
                 outcome: outcome.to_owned(),
                 detail: None,
             })
@@ -764,13 +766,14 @@ impl Auth {
     /// once, not on every request it rides on).
     pub fn verify_bearer(&self, token: &str) -> Result<BearerToken, AuthError> {
         let verifier = self.verifier.as_ref().ok_or(AuthError::Unauthorized)?;
-        let key = token.as_bytes();
-        if let Some(c) = self.tokens.get(key, 0)
-            && c.exp > now_ms() / 1000
+        let now = now_ms() / 1000;
+        let key = token.rsplit('.').next().unwrap_or(token).as_bytes();
+        if let Some((whole, c)) = self.tokens.get(key, 0)
+            && *whole == *token
+            && c.exp > now
         {
             return Ok(BearerToken { claims: c });
         }
-        let now = now_ms() / 1000;
         let c = verifier.verify(token, now)?;
         if c.wharf_use.is_some() {
             return Err(AuthError::BadToken(TokenError::Malformed));
@@ -779,7 +782,7 @@ impl Auth {
         let left = u64::try_from(c.exp - now).unwrap_or(0);
         self.tokens.put(
             key.to_vec(),
-            c.clone(),
+            (Arc::from(token), c.clone()),
             Instant::now() + Duration::from_secs(left),
             0,
         );
