@@ -644,7 +644,8 @@ impl Auth {
                 }));
             }
         }
-        let now = now_ms() / 1000;
+        let now_ms = now_ms();
+        let now = now_ms / 1000;
         let ttl = self.settings.token_ttl.as_secs();
         let via = match p {
             Principal::UserToken { token, .. } => Some(format!("pat:{token}")),
@@ -661,6 +662,7 @@ impl Auth {
             access,
             wharf_use: None,
             wharf_via: via.clone(),
+            wharf_login_ms: None,
         };
         let token = signer.sign(&claims)?;
         let refresh_token = if offline && *p != Principal::Anonymous {
@@ -668,6 +670,7 @@ impl Auth {
                 exp: now + self.settings.refresh_ttl.as_secs() as i64,
                 access: Vec::new(),
                 wharf_use: Some("refresh".into()),
+                wharf_login_ms: Some(now_ms),
                 jti: password::random_secret(""),
                 ..claims
             };
@@ -707,7 +710,8 @@ impl Auth {
         let p = self.principal_of(&c).await?;
         if let Principal::User { name, .. } | Principal::UserToken { user: name, .. } = &p {
             let u = self.store.user(name).await?;
-            if u.is_none_or(|u: User| u.password_changed_at_ms / 1000 > c.iat) {
+            let login_ms = c.wharf_login_ms.unwrap_or(c.iat * 1000);
+            if u.is_none_or(|u: User| u.password_changed_at_ms > login_ms) {
                 return Err(fail(AuthError::BadCredentials));
             }
         }

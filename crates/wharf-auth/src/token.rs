@@ -76,6 +76,10 @@ pub struct Claims {
     /// `pat:<name>` when issued to a personal access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wharf_via: Option<String>,
+    /// Refresh tokens: when the login happened, in milliseconds (`iat` has
+    /// whole seconds, too coarse to compare with a password change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wharf_login_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +526,7 @@ mod tests {
             access: vec![],
             wharf_use: None,
             wharf_via: None,
+            wharf_login_ms: None,
         }
     }
 
