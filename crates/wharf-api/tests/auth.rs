@@ -344,56 +344,61 @@ async fn matrix_of_principals_roles_and_actions() {
     all.push(("robot".into(), robot));
     all.push(("pat".into(), token));
 
-    // Expected: pull pub, pull priv, push pub, push priv, delete priv, mount other→priv.
-    let expect = |who: &str| -> [bool; 6] {
+    // Expected: pull pub, pull priv, push pub, push priv, delete pub,
+    // delete priv, mount other→priv (other is private and only admins read it),
+    // mount pub→priv (anyone who may push to priv may read the public project).
+    let expect = |who: &str| -> [bool; 8] {
         match who {
-            "admin" => [true, true, true, true, true, true],
-            "padmin" | "maint" => [true, true, false, true, true, false],
-            "dev" => [true, true, false, true, false, false],
-            "guest" | "lguest" | "pat" => [true, true, false, false, false, false],
-            "robot" => [true, true, false, true, false, false],
-            "anonymous" | "outsider" => [true, false, false, false, false, false],
+            "admin" => [true, true, true, true, true, true, true, true],
+            "padmin" | "maint" => [true, true, false, true, false, true, false, true],
+            "dev" | "robot" => [true, true, false, true, false, false, false, true],
+            "guest" | "lguest" | "pat" => [true, true, false, false, false, false, false, false],
+            "anonymous" | "outsider" => [true, false, false, false, false, false, false, false],
             _ => unreachable!(),
         }
     };
-    let layer_in_other = {
-        let layer = "layer other/app v1".repeat(50);
-        sha256(layer.as_bytes())
-    };
+    let layer_of = |repo: &str| sha256(format!("layer {repo} v1").repeat(50).as_bytes());
     for (who, c) in &all {
         let want = expect(who);
+        let tag = format!("by-{}", who.replace('$', ""));
         let got_pull_pub = c.pull("pub/app", "v1").await == 200;
         let got_pull_priv = c.pull("priv/app", "v1").await == 200;
-        let got_push_pub = c
-            .push("pub/app", &format!("by-{}", who.replace('$', "")))
-            .await
-            == 201;
-        let tag = format!("by-{who}");
+        let got_push_pub = c.push("pub/app", &tag).await == 201;
         let got_push_priv = c.push("priv/app", &tag).await == 201;
-        // Delete a tag the admin pushed for the purpose.
+        // Delete tags the admin pushed for the purpose.
         let victim = format!("victim-{who}");
+        assert_eq!(admin.push("pub/app", &victim).await, 201);
         assert_eq!(admin.push("priv/app", &victim).await, 201);
-        let got_delete = c.delete("priv/app", &victim).await == 202;
-        let mount = if want[3] {
-            // Only callers who may push get this far; mounting from a project
-            // they cannot read must not reveal the blob.
-            let s = c.mount("priv/mounted", "other/app", &layer_in_other).await;
-            assert!(s == 201 || s == 202, "{who}: mount answered {s}");
-            s == 201
-        } else {
-            false
-        };
+        let got_delete_pub = c.delete("pub/app", &victim).await == 202;
+        let got_delete_priv = c.delete("priv/app", &victim).await == 202;
+        // A mount either happens (201), or quietly becomes an upload session
+        // (202) that tells nothing about the blob; without push it is refused.
+        let mut mounts = [false; 2];
+        for (i, from) in ["other/app", "pub/app"].into_iter().enumerate() {
+            let s = c.mount("priv/mounted", from, &layer_of(from)).await;
+            if want[3] {
+                assert!(
+                    s == 201 || s == 202,
+                    "{who}: mount from {from} answered {s}"
+                );
+            } else {
+                assert_eq!(s, 401, "{who}: mount from {from} without push");
+            }
+            mounts[i] = s == 201;
+        }
         let got = [
             got_pull_pub,
             got_pull_priv,
             got_push_pub,
             got_push_priv,
-            got_delete,
-            mount,
+            got_delete_pub,
+            got_delete_priv,
+            mounts[0],
+            mounts[1],
         ];
         assert_eq!(
             got, want,
-            "{who}: [pull pub, pull priv, push pub, push priv, delete priv, mount other→priv]"
+            "{who}: [pull pub, pull priv, push pub, push priv, delete pub, delete priv, mount other→priv, mount pub→priv]"
         );
     }
 
@@ -1036,6 +1041,34 @@ async fn admin_api_rules_and_audit() {
     assert_eq!((s, v[0]["public"].as_bool()), (StatusCode::OK, Some(true)));
     let (s, _) = api(&reg, ADMIN, Method::GET, "/robots", None).await;
     assert_eq!(s, 200);
+    // An expired robot cannot log in (expiry is in days through the API, so
+    // write one that expired a moment ago straight into the store).
+    let store = reg.auth.as_ref().unwrap().store().clone();
+    let secret = wharf_auth::password::random_secret(wharf_auth::ROBOT_SECRET_PREFIX);
+    store
+        .create_credential(&wharf_auth::Credential {
+            kind: wharf_auth::CredentialKind::Robot,
+            owner: String::new(),
+            name: "old".into(),
+            secret_hash: wharf_auth::password::secret_hash(&secret),
+            permissions: vec![wharf_auth::Permission {
+                project: "*".into(),
+                actions: vec!["pull".into()],
+            }],
+            expires_at_ms: Some(wharf_auth::now_ms() - 1),
+            created_at_ms: 0,
+            created_by: "test".into(),
+        })
+        .await
+        .unwrap();
+    let r = reg
+        .client
+        .get(reg.url("/auth/token?service=wharf"))
+        .basic_auth("robot$old", Some(&secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "expired robot");
     let (s, _) = api(
         &reg,
         ADMIN,
