@@ -212,6 +212,7 @@ impl From<CoreError> for ApiError {
             CoreError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             CoreError::Unsupported(_) => ErrorCode::Unsupported,
             CoreError::Body(_) => ErrorCode::BlobUploadInvalid,
+            CoreError::Busy(_) => ErrorCode::TooManyRequests,
             CoreError::Internal(_) => ErrorCode::Unknown,
         };
         ApiError::msg(code, message)

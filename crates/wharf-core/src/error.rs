@@ -36,6 +36,9 @@ pub enum CoreError {
     /// The client went away or sent a broken body; nothing was recorded.
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// Something else holds what this needs; try again later.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

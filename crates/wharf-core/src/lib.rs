@@ -17,7 +17,9 @@ use wharf_oci::{Algorithm, Digest, DigestHasher, Manifest, ManifestError, Refere
 use wharf_store::{BlobStore, StoreError};
 
 mod error;
+mod gc;
 pub use error::CoreError;
+pub use gc::{GcOptions, GcReport};
 pub use wharf_meta::Page;
 pub use wharf_store::{BlobRead, ByteStream};
 
@@ -45,6 +47,8 @@ pub struct Registry {
     /// Uploads with a request in progress on this node. Two requests writing
     /// one upload at once would interleave their bytes.
     busy: Mutex<HashSet<String>>,
+    /// Held while a garbage collection runs.
+    gc_lock: tokio::sync::Mutex<()>,
 }
 
 /// Where a chunk claims to start and end (`Content-Range`), if it says.
@@ -112,6 +116,7 @@ impl Registry {
             meta,
             config,
             busy: Mutex::new(HashSet::new()),
+            gc_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -196,13 +201,18 @@ impl Registry {
             Some(from) => self.meta.blob_in_repo(from, digest).await?,
             None => self.meta.blob_known(digest).await?,
         };
-        if let Some(size) = size
-            && self.blobs.stat(digest).await?.is_some()
-        {
-            self.meta.link_blob(repo, digest, size).await?;
-            return Ok(MountResult::Mounted {
-                digest: digest.clone(),
-            });
+        if size.is_some() && self.blobs.stat(digest).await?.is_some() {
+            // A collection may have taken the blob since: then it is not
+            // linkable, and the client uploads it like any other.
+            match self.meta.link_blob(repo, digest).await {
+                Ok(()) => {
+                    return Ok(MountResult::Mounted {
+                        digest: digest.clone(),
+                    });
+                }
+                Err(MetaError::MissingBlob(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(MountResult::Session(self.start_upload(repo).await?))
     }
@@ -350,10 +360,31 @@ impl Registry {
                 "upload has digest {actual}, not {digest}"
             )));
         }
+        self.record_blob(digest, u.size).await?;
         self.blobs.commit_upload(&u.id, u.size, digest).await?;
-        self.meta.link_blob(repo, digest, u.size).await?;
+        self.meta.link_blob(repo, digest).await?;
         self.meta.delete_upload(&u.id).await?;
         Ok(u.size)
+    }
+
+    /// Refreshes a blob's record before its bytes are committed, waiting out
+    /// a garbage collection that is deleting an older copy (see [`gc`]).
+    async fn record_blob(&self, digest: &Digest, size: u64) -> Result<(), CoreError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.meta.record_blob(digest, size, now_ms()).await {
+                Ok(()) => return Ok(()),
+                Err(MetaError::Conflict) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(MetaError::Conflict) => {
+                    return Err(CoreError::Busy(format!(
+                        "blob {digest} is being garbage-collected; retry"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), CoreError> {

@@ -100,10 +100,16 @@ pub struct Page {
 ///   catalog while it holds at least one manifest.
 #[async_trait::async_trait]
 pub trait MetaStore: Send + Sync + 'static {
-    /// Records that committed blob `digest` (of `size` bytes) is visible in
-    /// `repo`. Idempotent.
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64)
-    -> Result<(), MetaError>;
+    /// Records that blob `digest` of `size` bytes is about to be committed to
+    /// the blob store (or already is): creates its record, or refreshes it so
+    /// that a garbage collection will not choose it for the grace period.
+    /// `Conflict` while a collection is deleting it: the caller waits and
+    /// retries, and must not commit the bytes meanwhile.
+    async fn record_blob(&self, digest: &Digest, size: u64, now_ms: i64) -> Result<(), MetaError>;
+
+    /// Makes recorded blob `digest` visible in `repo`, or refreshes that link.
+    /// `MissingBlob` if the blob has no record or a collection is deleting it.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError>;
 
     /// The blob's size if `repo` may see it.
     async fn blob_in_repo(
@@ -193,4 +199,36 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Ids of uploads not updated since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64) -> Result<Vec<String>, MetaError>;
+
+    // ---- garbage collection ---------------------------------------------------
+    //
+    // A blob may be deleted when no manifest references it, no repository
+    // links it, and its record was not refreshed since the grace cutoff. A
+    // collector marks such blobs (atomically re-checking all that), deletes
+    // their bytes, then forgets the records it marked. Marks carry the
+    // collector's id and time, so a collector that died is taken over only
+    // after its marks are old.
+
+    /// Removes links created before `before_ms` that no manifest of the same
+    /// repository references (blobs uploaded or mounted for a push that never
+    /// came). Returns how many.
+    async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError>;
+
+    /// Marks up to `limit` deletable blobs (see above; recorded before
+    /// `before_ms`) for collector `owner` at `now_ms`, and returns them with
+    /// their sizes. Also takes over marks older than `stale_mark_ms`.
+    async fn gc_mark(
+        &self,
+        owner: &str,
+        before_ms: i64,
+        stale_mark_ms: i64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, MetaError>;
+
+    /// Removes the records `owner` marked among `digests`.
+    async fn gc_forget(&self, owner: &str, digests: &[Digest]) -> Result<(), MetaError>;
+
+    /// What a collection with this cutoff would delete now: links, blobs, bytes.
+    async fn gc_estimate(&self, before_ms: i64) -> Result<(u64, u64, u64), MetaError>;
 }

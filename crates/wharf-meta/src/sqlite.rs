@@ -24,6 +24,7 @@ use crate::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, Referrer, 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_auth.sql"),
+    include_str!("../migrations/sqlite/0003_gc.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -336,6 +337,15 @@ fn repo_id_for_write(tx: &rusqlite::Transaction<'_>, repo: &str) -> Result<i64, 
         .query_row([repo], |r| r.get(0))?)
 }
 
+/// A link (`repo_blobs`) made before `?1` that no manifest of its repository uses.
+const STALE_LINK: &str = "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
+     WHERE mb.repo_id = repo_blobs.repo_id AND mb.blob_digest = repo_blobs.digest)";
+
+/// A blob (`b`) nothing uses and nobody recorded since `?1`.
+const DELETABLE: &str = "b.gc_marked_at = 0 AND b.touched_at < ?1 \
+     AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) \
+     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)";
+
 fn page(mut items: Vec<String>, n: usize) -> Page {
     let more = items.len() > n;
     items.truncate(n);
@@ -348,21 +358,49 @@ fn sizes(v: Option<i64>) -> Option<u64> {
 
 #[async_trait::async_trait]
 impl MetaStore for SqliteMeta {
-    async fn link_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<(), MetaError> {
-        let (repo, digest, size) = (repo.to_string(), digest.to_string(), to_i64(size)?);
+    async fn record_blob(&self, digest: &Digest, size: u64, now: i64) -> Result<(), MetaError> {
+        let (digest, size) = (digest.to_string(), to_i64(size)?);
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let marked: Option<i64> = tx
+                .prepare_cached("SELECT gc_marked_at FROM blobs WHERE digest = ?1")?
+                .query_row([&digest], |r| r.get(0))
+                .optional()?;
+            if marked.is_some_and(|m| m > 0) {
+                return Err(MetaError::Conflict);
+            }
+            tx.prepare_cached(
+                "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT(digest) DO UPDATE SET touched_at = excluded.touched_at",
+            )?
+            .execute(params![digest, size, now])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError> {
+        let (repo, digest_s) = (repo.to_string(), digest.to_string());
+        let digest = digest.clone();
         self.write(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let marked: Option<i64> = tx
+                .prepare_cached("SELECT gc_marked_at FROM blobs WHERE digest = ?1")?
+                .query_row([&digest_s], |r| r.get(0))
+                .optional()?;
+            if marked != Some(0) {
+                return Err(MetaError::MissingBlob(digest));
+            }
             let repo_id = repo_id_for_write(&tx, &repo)?;
-            tx.prepare_cached("INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(digest) DO NOTHING")?
-                .execute(params![digest, size, now])?;
-            tx.prepare_cached("INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-                .execute(params![repo_id, digest, now])?;
+            tx.prepare_cached(
+                "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO UPDATE SET created_at = excluded.created_at",
+            )?
+            .execute(params![repo_id, digest_s, now])?;
+            tx.prepare_cached("UPDATE blobs SET touched_at = ?2 WHERE digest = ?1")?
+                .execute(params![digest_s, now])?;
             tx.commit()?;
             Ok(())
         })
@@ -775,6 +813,86 @@ impl MetaStore for SqliteMeta {
         })
         .await
     }
+
+    async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError> {
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached(&format!("DELETE FROM repo_blobs WHERE {STALE_LINK}"))?
+                    .execute([before_ms])? as u64,
+            )
+        })
+        .await
+    }
+
+    async fn gc_mark(
+        &self,
+        owner: &str,
+        before_ms: i64,
+        stale_mark_ms: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, MetaError> {
+        let owner = owner.to_owned();
+        let rows: Vec<(String, i64)> = self
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let rows = tx
+                    .prepare_cached(&format!(
+                        "UPDATE blobs SET gc_marked_at = ?3, gc_owner = ?4 WHERE digest IN \
+                         (SELECT b.digest FROM blobs b WHERE ({DELETABLE}) \
+                          OR (b.gc_marked_at > 0 AND b.gc_marked_at < ?2) LIMIT ?5) \
+                         RETURNING digest, size"
+                    ))?
+                    .query_map(
+                        params![before_ms, stale_mark_ms, now, owner, limit as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(d, size)| Ok((parse_digest(&d)?, size as u64)))
+            .collect()
+    }
+
+    async fn gc_forget(&self, owner: &str, digests: &[Digest]) -> Result<(), MetaError> {
+        let owner = owner.to_owned();
+        let digests: Vec<String> = digests.iter().map(ToString::to_string).collect();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "DELETE FROM blobs WHERE digest = ?1 AND gc_owner = ?2 AND gc_marked_at > 0",
+                )?;
+                for d in &digests {
+                    st.execute(params![d, owner])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn gc_estimate(&self, before_ms: i64) -> Result<(u64, u64, u64), MetaError> {
+        self.read(move |c| {
+            let links: i64 = c
+                .prepare_cached(&format!("SELECT count(*) FROM repo_blobs WHERE {STALE_LINK}"))?
+                .query_row([before_ms], |r| r.get(0))?;
+            let (blobs, bytes): (i64, i64) = c
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(b.size), 0) FROM blobs b \
+                     WHERE b.gc_marked_at = 0 AND b.touched_at < ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest) \
+                     AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= ?1)",
+                )?
+                .query_row([before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((links as u64, blobs as u64, bytes as u64))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -803,7 +921,8 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         {
             let meta = SqliteMeta::open(&path).await.unwrap();
-            meta.link_blob(&name, &d, 1).await.unwrap();
+            meta.record_blob(&d, 1, 1).await.unwrap();
+            meta.link_blob(&name, &d).await.unwrap();
         }
         let meta = SqliteMeta::open(&path).await.unwrap();
         assert_eq!(meta.blob_in_repo(&name, &d).await.unwrap(), Some(1));

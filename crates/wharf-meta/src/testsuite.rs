@@ -25,6 +25,8 @@ fn manifest(body: &str, subject: Option<&Digest>, artifact_type: Option<&str>) -
 }
 
 pub async fn run_all(meta: &dyn MetaStore) {
+    // First: its estimates count every blob in the store.
+    garbage_collection(meta).await;
     blobs(meta).await;
     manifests_need_their_references(meta).await;
     tags_and_deletes(meta).await;
@@ -34,16 +36,145 @@ pub async fn run_all(meta: &dyn MetaStore) {
     uploads(meta).await;
 }
 
+/// Marks, forgets, stale links, grace and the record/mark handshake.
+pub async fn garbage_collection(meta: &dyn MetaStore) {
+    let repo = name("gc/app");
+    let (used, orphan, fresh, stale_link) = (
+        Digest::sha256_of(b"gc-used"),
+        Digest::sha256_of(b"gc-orphan"),
+        Digest::sha256_of(b"gc-fresh"),
+        Digest::sha256_of(b"gc-stale-link"),
+    );
+    // Recorded long ago (t=100), except `fresh` (t=10_000).
+    for (d, t) in [
+        (&used, 100),
+        (&orphan, 100),
+        (&stale_link, 100),
+        (&fresh, 10_000),
+    ] {
+        meta.record_blob(d, 7, t).await.unwrap();
+    }
+    meta.link_blob(&repo, &used).await.unwrap();
+    meta.link_blob(&repo, &stale_link).await.unwrap();
+    let m = manifest("gc-image", None, None);
+    meta.put_manifest(
+        &repo,
+        &m,
+        &ManifestRefs {
+            blobs: vec![used.clone()],
+            children: vec![],
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    // Links are made "now"; a cutoff in the far future makes them stale.
+    let far = i64::MAX / 2;
+    let cutoff = 5_000;
+    // Estimate at the cutoff: the orphan only (links are recent).
+    assert_eq!(meta.gc_estimate(cutoff).await.unwrap(), (0, 1, 7));
+    // With every link stale: stale_link's link goes, the used one stays.
+    assert_eq!(meta.gc_estimate(far).await.unwrap(), (1, 3, 21));
+    assert_eq!(meta.gc_drop_stale_links(far).await.unwrap(), 1);
+    assert_eq!(meta.blob_in_repo(&repo, &stale_link).await.unwrap(), None);
+    assert_eq!(meta.blob_in_repo(&repo, &used).await.unwrap(), Some(7));
+
+    // Marking honours the cutoff: `fresh` was recorded after it, and linking
+    // `stale_link` touched it "now".
+    let marked = meta.gc_mark("gc-1", cutoff, 0, 20_000, 10).await.unwrap();
+    assert_eq!(marked, [(orphan.clone(), 7)]);
+    // Marked blobs can be neither recorded (an upload waits) nor linked.
+    assert!(matches!(
+        meta.record_blob(&orphan, 7, 30_000).await,
+        Err(MetaError::Conflict)
+    ));
+    assert!(matches!(
+        meta.link_blob(&repo, &orphan).await,
+        Err(MetaError::MissingBlob(_))
+    ));
+    // Another collector gets nothing new, and takes over only stale marks.
+    assert!(
+        meta.gc_mark("gc-2", cutoff, 0, 20_001, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Forgetting is per owner.
+    meta.gc_forget("gc-2", std::slice::from_ref(&orphan))
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.record_blob(&orphan, 7, 30_000).await,
+        Err(MetaError::Conflict)
+    ));
+    let taken = meta
+        .gc_mark("gc-2", cutoff, 25_000, 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken,
+        [(orphan.clone(), 7)],
+        "marks older than the stale cutoff are taken over"
+    );
+    meta.gc_forget("gc-1", std::slice::from_ref(&orphan))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            meta.record_blob(&orphan, 7, 30_000).await,
+            Err(MetaError::Conflict)
+        ),
+        "gc-1 no longer owns it"
+    );
+    meta.gc_forget("gc-2", std::slice::from_ref(&orphan))
+        .await
+        .unwrap();
+    // Forgotten: an upload may record the orphan afresh, and it is then safe.
+    meta.record_blob(&orphan, 7, 40_000).await.unwrap();
+    let m3 = meta.gc_mark("gc-3", 35_000, 0, 41_000, 10).await.unwrap();
+    assert_eq!(
+        m3,
+        [(fresh.clone(), 7)],
+        "the re-recorded orphan is newer than the cutoff"
+    );
+    meta.gc_forget("gc-3", std::slice::from_ref(&fresh))
+        .await
+        .unwrap();
+    // A blob a manifest uses is never marked, even without links.
+    assert!(meta.unlink_blob(&repo, &used).await.unwrap());
+    let marked = meta.gc_mark("gc-4", far, 0, far, 10).await.unwrap();
+    assert!(!marked.iter().any(|(d, _)| d == &used), "{marked:?}");
+    meta.gc_forget(
+        "gc-4",
+        &marked.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    // Re-recording refreshes: a blob touched after the cutoff is kept.
+    meta.record_blob(&fresh, 7, 50_000).await.unwrap();
+    assert!(
+        meta.gc_mark("gc-5", 45_000, 0, 51_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn blobs(meta: &dyn MetaStore) {
     let (a, b) = (name("blobs/a"), name("blobs/b"));
     let d = Digest::sha256_of(b"blob");
     assert_eq!(meta.blob_known(&d).await.unwrap(), None);
-    meta.link_blob(&a, &d, 4).await.unwrap();
-    meta.link_blob(&a, &d, 4).await.unwrap(); // idempotent
+    assert!(
+        matches!(meta.link_blob(&a, &d).await, Err(MetaError::MissingBlob(_))),
+        "linking needs a record"
+    );
+    meta.record_blob(&d, 4, 1).await.unwrap();
+    meta.link_blob(&a, &d).await.unwrap();
+    meta.link_blob(&a, &d).await.unwrap(); // idempotent
     assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), Some(4));
     assert_eq!(meta.blob_in_repo(&b, &d).await.unwrap(), None);
     assert_eq!(meta.blob_known(&d).await.unwrap(), Some(4));
-    meta.link_blob(&b, &d, 4).await.unwrap();
+    meta.link_blob(&b, &d).await.unwrap();
     assert!(meta.unlink_blob(&a, &d).await.unwrap());
     assert!(!meta.unlink_blob(&a, &d).await.unwrap());
     assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), None);
@@ -71,11 +202,10 @@ pub async fn manifests_need_their_references(meta: &dyn MetaStore) {
     );
     assert_eq!(meta.manifest_by_tag(&repo, &tag("v1")).await.unwrap(), None);
     // A blob visible only in another repository does not count.
-    meta.link_blob(&name("refs/other"), &layer, 5)
-        .await
-        .unwrap();
+    meta.record_blob(&layer, 5, 1).await.unwrap();
+    meta.link_blob(&name("refs/other"), &layer).await.unwrap();
     assert!(meta.put_manifest(&repo, &m, &refs, None).await.is_err());
-    meta.link_blob(&repo, &layer, 5).await.unwrap();
+    meta.link_blob(&repo, &layer).await.unwrap();
     meta.put_manifest(&repo, &m, &refs, Some(&tag("v1")))
         .await
         .unwrap();
@@ -187,7 +317,10 @@ pub async fn listings_paginate(meta: &dyn MetaStore) {
             .unwrap();
     }
     // A repository with only blobs is not listed.
-    meta.link_blob(&name("list/blobonly"), &Digest::sha256_of(b"bo"), 2)
+    meta.record_blob(&Digest::sha256_of(b"bo"), 2, 1)
+        .await
+        .unwrap();
+    meta.link_blob(&name("list/blobonly"), &Digest::sha256_of(b"bo"))
         .await
         .unwrap();
     let all = meta.list_repositories(Some("list/"), 100).await.unwrap();

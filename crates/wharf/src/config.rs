@@ -108,6 +108,21 @@ pub struct StorageConfig {
     /// `false`): deleting images is a feature, not an accident.
     pub delete_enabled: bool,
     pub uploadpurging: UploadPurging,
+    pub gc: GcConfig,
+}
+
+/// `storage.maintenance.gc`: Wharf's online garbage collection.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcConfig {
+    /// Run on a schedule (default `true`).
+    pub enabled: bool,
+    /// How often (default `24h`; the first run is one interval after start).
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Blobs and links younger than this are kept whatever references them:
+    /// the time a push may take between its blobs and its manifest (default `24h`).
+    #[serde(serialize_with = "ser_duration")]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,6 +223,9 @@ const SUPPORTED: &[&str] = &[
     "storage.maintenance.uploadpurging.age",
     "storage.maintenance.uploadpurging.interval",
     "storage.maintenance.uploadpurging.dryrun",
+    "storage.maintenance.gc.enabled",
+    "storage.maintenance.gc.interval",
+    "storage.maintenance.gc.grace",
     "storage.cache.blobdescriptor",
     "storage.cache.blobdescriptorsize",
     "auth.htpasswd.realm",
@@ -523,6 +541,13 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
                 dryrun: get_bool(&doc, "storage.maintenance.uploadpurging.dryrun")?
                     .unwrap_or(false),
             },
+            gc: GcConfig {
+                enabled: get_bool(&doc, "storage.maintenance.gc.enabled")?.unwrap_or(true),
+                interval: get_duration(&doc, "storage.maintenance.gc.interval")?
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+                grace: get_duration(&doc, "storage.maintenance.gc.grace")?
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+            },
         },
         log: LogConfig {
             level,
@@ -530,6 +555,9 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
             accesslog_disabled: get_bool(&doc, "log.accesslog.disabled")?.unwrap_or(false),
         },
     };
+    if config.storage.gc.enabled && config.storage.gc.interval.is_zero() {
+        bail!("storage.maintenance.gc.interval must be more than 0");
+    }
     if config.storage.uploadpurging.enabled && config.storage.uploadpurging.interval.is_zero() {
         bail!("storage.maintenance.uploadpurging.interval must be more than 0");
     }
@@ -667,6 +695,11 @@ impl Config {
                     "age": format_duration(self.storage.uploadpurging.age),
                     "interval": format_duration(self.storage.uploadpurging.interval),
                     "dryrun": self.storage.uploadpurging.dryrun,
+                },
+                "gc": {
+                    "enabled": self.storage.gc.enabled,
+                    "interval": format_duration(self.storage.gc.interval),
+                    "grace": format_duration(self.storage.gc.grace),
                 }},
             },
         });

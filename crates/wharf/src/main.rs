@@ -68,6 +68,13 @@ enum Command {
         #[command(subcommand)]
         cmd: admin_cli::TokenCommand,
     },
+    /// Collect garbage: delete blobs that nothing references any more, and
+    /// print what was (or, with --dry-run, would be) freed.
+    ///
+    /// Works on the data directory directly, also while `wharf serve` runs on
+    /// it (the two coordinate through the database): clients keep pushing and
+    /// pulling meanwhile.
+    Gc(GcArgs),
     /// Query the audit log of a running server.
     Audit {
         #[command(flatten)]
@@ -91,6 +98,23 @@ struct ServeArgs {
     /// Where to listen, e.g. 127.0.0.1:5000 or :5000 (overrides http.addr).
     #[arg(long, value_name = "ADDR")]
     addr: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// A distribution-style config.yml (for the data directory and grace).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory (overrides storage.filesystem.rootdirectory).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Only report what would be freed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep what is younger than this, e.g. 24h or 0s (default:
+    /// storage.maintenance.gc.grace, 24h).
+    #[arg(long, value_name = "DURATION")]
+    grace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +143,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { file }) => check(file),
+        Command::Gc(args) => gc(args),
         Command::User { remote, cmd } => admin_cli::user(remote, cmd),
         Command::Project { remote, cmd } => admin_cli::project(remote, cmd),
         Command::Robot { remote, cmd } => admin_cli::robot(remote, cmd),
@@ -142,6 +167,43 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     print!("{}", loaded.config.to_yaml());
     Ok(())
+}
+
+fn gc(args: GcArgs) -> anyhow::Result<()> {
+    let path = config_path(args.config);
+    let loaded = config::load(path.as_deref(), &env_vars())?;
+    let mut cfg = loaded.config;
+    if let Some(d) = args.data {
+        cfg.storage.rootdirectory = d;
+    }
+    let grace = match args.grace {
+        Some(g) => config::parse_duration(&g).context("--grace")?,
+        None => cfg.storage.gc.grace,
+    };
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let (registry, _) = open_registry(&cfg).await?;
+        let r = registry
+            .gc(wharf_core::GcOptions {
+                grace,
+                dry_run: args.dry_run,
+            })
+            .await?;
+        let verb = if r.dry_run { "would free" } else { "freed" };
+        println!(
+            "{verb} {} blobs, {} bytes ({:.1} MiB), {} unused links; {:.2} s",
+            r.blobs,
+            r.bytes,
+            r.bytes as f64 / (1 << 20) as f64,
+            r.links,
+            r.seconds
+        );
+        Ok(())
+    })
 }
 
 fn init_logging(cfg: &Config) {
@@ -202,15 +264,34 @@ fn prepare_data_dir(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
-    let root = cfg.storage.rootdirectory.clone();
-    prepare_data_dir(&root)?;
-    let blobs = wharf_store::fs::FsBlobStore::open(&root)
+/// Opens the data directory's blob store and database.
+async fn open_registry(
+    cfg: &Config,
+) -> anyhow::Result<(
+    Arc<wharf_core::Registry>,
+    Arc<wharf_meta::sqlite::SqliteMeta>,
+)> {
+    let root = &cfg.storage.rootdirectory;
+    prepare_data_dir(root)?;
+    let blobs = wharf_store::fs::FsBlobStore::open(root)
         .with_context(|| format!("opening blob storage in {}", root.display()))?;
     let meta = wharf_meta::sqlite::SqliteMeta::open(&root.join("wharf/meta.db"))
         .await
         .context("opening the metadata database")?;
     let meta = Arc::new(meta);
+    let registry = Arc::new(wharf_core::Registry::new(
+        Arc::new(blobs),
+        meta.clone(),
+        wharf_core::CoreConfig {
+            delete_enabled: cfg.storage.delete_enabled,
+        },
+    ));
+    Ok((registry, meta))
+}
+
+async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
+    let root = cfg.storage.rootdirectory.clone();
+    let (registry, meta) = open_registry(&cfg).await?;
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     if auth.is_some()
         && cfg.http.tls.is_none()
@@ -225,13 +306,6 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
              (or terminate TLS in front of Wharf and set http.host to its https URL)"
         );
     }
-    let registry = Arc::new(wharf_core::Registry::new(
-        Arc::new(blobs),
-        meta,
-        wharf_core::CoreConfig {
-            delete_enabled: cfg.storage.delete_enabled,
-        },
-    ));
     let state = Arc::new(wharf_api::AppState {
         registry: registry.clone(),
         config: wharf_api::ApiConfig {
@@ -289,6 +363,25 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
                     Err(e) => tracing::error!(error = %e, "purging stale uploads failed"),
+                }
+            }
+        });
+    }
+
+    if cfg.storage.gc.enabled {
+        let g = cfg.storage.gc.clone();
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
+            loop {
+                tick.tick().await;
+                let opts = wharf_core::GcOptions {
+                    grace: g.grace,
+                    dry_run: false,
+                };
+                if let Err(e) = reg.gc(opts).await {
+                    tracing::error!(error = %e, "scheduled garbage collection failed");
                 }
             }
         });

@@ -1,0 +1,122 @@
+//! Online garbage collection of blobs.
+//!
+//! Reachability lives in the metadata store, so a collection is a few queries
+//! and deletions while clients keep pushing and pulling:
+//!
+//! 1. Links (repository → blob) older than the grace period that no manifest
+//!    of that repository uses are dropped: blobs uploaded or mounted for a
+//!    push whose manifest never came.
+//! 2. Blobs that no manifest uses, no repository links, and nobody recorded
+//!    within the grace period are marked in batches (the store re-checks all
+//!    of that atomically), their bytes deleted, their records forgotten.
+//!
+//! An upload that commits a blob first refreshes its record (`record_blob`),
+//! which a collection that has not marked it yet then leaves alone; one that
+//! has marked it makes the upload wait until the bytes are gone and the
+//! record forgotten. So a collection never deletes bytes that an upload, a
+//! mount or a manifest is about to rely on, and a push that completes within
+//! the grace period never loses a blob it uploaded or mounted.
+
+use std::time::{Duration, Instant};
+
+use crate::{CoreError, Registry, now_ms};
+
+/// Blobs marked per transaction.
+const BATCH: usize = 500;
+/// Marks older than this are taken over: their collector died.
+const STALE_MARK: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// What is younger than this is kept, whatever references it.
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+/// What a collection freed, or would free (`dry_run`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Repository → blob links dropped.
+    pub links: u64,
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Registry {
+    /// Runs one collection. Only one runs at a time in a process;
+    /// `Busy` if one is already running.
+    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport, CoreError> {
+        let Ok(_running) = self.gc_lock.try_lock() else {
+            return Err(CoreError::Busy(
+                "a garbage collection is already running".into(),
+            ));
+        };
+        let started = Instant::now();
+        let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
+        if opts.dry_run {
+            let (links, blobs, bytes) = self.meta.gc_estimate(cutoff).await?;
+            return Ok(GcReport {
+                dry_run: true,
+                links,
+                blobs,
+                bytes,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        let owner = uuid::Uuid::new_v4().to_string();
+        tracing::info!(grace_s = opts.grace.as_secs(), "garbage collection started");
+        let mut report = GcReport {
+            links: self.meta.gc_drop_stale_links(cutoff).await?,
+            ..GcReport::default()
+        };
+        loop {
+            let now = now_ms();
+            let stale = now - STALE_MARK.as_millis() as i64;
+            let marked = self.meta.gc_mark(&owner, cutoff, stale, now, BATCH).await?;
+            if marked.is_empty() {
+                break;
+            }
+            let mut done = Vec::with_capacity(marked.len());
+            for (digest, size) in marked {
+                // A failure leaves the mark: the next collection takes it over.
+                match self.blobs.delete(&digest).await {
+                    Ok(_) => {
+                        report.blobs += 1;
+                        report.bytes += size;
+                        done.push(digest);
+                    }
+                    Err(e) => tracing::error!(%digest, error = %e, "deleting a blob failed"),
+                }
+            }
+            self.meta.gc_forget(&owner, &done).await?;
+            metrics::counter!("wharf_gc_blobs_deleted_total").increment(done.len() as u64);
+            tracing::info!(
+                blobs = report.blobs,
+                bytes = report.bytes,
+                "garbage collection progress"
+            );
+            if done.is_empty() {
+                // Every delete in the batch failed: stop rather than spin.
+                break;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        metrics::counter!("wharf_gc_runs_total").increment(1);
+        metrics::counter!("wharf_gc_bytes_freed_total").increment(report.bytes);
+        metrics::counter!("wharf_gc_links_dropped_total").increment(report.links);
+        metrics::gauge!("wharf_gc_last_duration_seconds").set(report.seconds);
+        metrics::gauge!("wharf_gc_last_success_timestamp_seconds").set(now_ms() as f64 / 1000.0);
+        tracing::info!(
+            links = report.links,
+            blobs = report.blobs,
+            bytes = report.bytes,
+            seconds = report.seconds,
+            "garbage collection finished"
+        );
+        Ok(report)
+    }
+}
