@@ -37,8 +37,12 @@ fn now_grace(secs: u64) -> GcOptions {
     }
 }
 
-/// An image of random content: (manifest bytes, its digest, blob digests and data).
-fn random_image(tag_seed: &str) -> (Vec<u8>, String, Vec<(String, Vec<u8>)>) {
+/// An image: manifest bytes, its digest, and its blobs (digest, data).
+type Image = (Vec<u8>, String, Vec<Blob>);
+type Blob = (String, Vec<u8>);
+
+/// An image of random content.
+fn random_image(tag_seed: &str) -> Image {
     let config = format!(
         r#"{{"architecture":"amd64","os":"linux","seed":"{tag_seed}-{}"}}"#,
         rand::random::<u64>()
@@ -194,8 +198,7 @@ async fn stress_push_retag_delete_while_collecting() {
         workers.push(tokio::spawn(async move {
             let repo = format!("stress/w{w}");
             // tag -> (manifest, its digest, blobs)
-            let mut live: BTreeMap<String, (Vec<u8>, String, Vec<(String, Vec<u8>)>)> =
-                BTreeMap::new();
+            let mut live: BTreeMap<String, Image> = BTreeMap::new();
             // Every manifest still stored, tagged or not: digest -> blobs.
             let mut stored: BTreeMap<String, Vec<String>> = BTreeMap::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
