@@ -54,12 +54,7 @@ fn random_image(tag_seed: &str) -> Image {
     (m.clone(), sha256(&m), vec![(cd, config), (ld, layer)])
 }
 
-async fn push(
-    reg: &TestRegistry,
-    repo: &str,
-    tag: &str,
-    img: &(Vec<u8>, String, Vec<(String, Vec<u8>)>),
-) {
+async fn push(reg: &TestRegistry, repo: &str, tag: &str, img: &Image) {
     for (_, data) in &img.2 {
         reg.push_blob(repo, data).await;
     }
