@@ -34,6 +34,7 @@ fn now_grace(secs: u64) -> GcOptions {
     GcOptions {
         grace: Duration::from_secs(secs),
         dry_run: false,
+        sole_collector: false,
     }
 }
 
@@ -88,6 +89,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
         .gc(GcOptions {
             grace: Duration::ZERO,
             dry_run: true,
+            sole_collector: false,
         })
         .await
         .unwrap();
@@ -176,6 +178,7 @@ async fn stress_push_retag_delete_while_collecting() {
                     .gc(GcOptions {
                         grace,
                         dry_run: false,
+                        sole_collector: false,
                     })
                     .await
                     .unwrap();

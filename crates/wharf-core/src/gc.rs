@@ -31,6 +31,11 @@ pub struct GcOptions {
     /// What is younger than this is kept, whatever references it.
     pub grace: Duration,
     pub dry_run: bool,
+    /// The caller knows that no other collection is running (it holds an
+    /// exclusive lock that dies with its process), so every existing mark is
+    /// left over from a collection that crashed: take them all over now
+    /// rather than after they grow stale.
+    pub sole_collector: bool,
 }
 
 /// What a collection freed, or would free (`dry_run`).
@@ -75,7 +80,11 @@ impl Registry {
         };
         loop {
             let now = now_ms();
-            let stale = now - STALE_MARK.as_millis() as i64;
+            let stale = if opts.sole_collector {
+                now + 1
+            } else {
+                now - STALE_MARK.as_millis() as i64
+            };
             let marked = self.meta.gc_mark(&owner, cutoff, stale, now, BATCH).await?;
             if marked.is_empty() {
                 break;

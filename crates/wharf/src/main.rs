@@ -169,6 +169,56 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on `wharf/gc.lock` in the data directory, held while a
+/// collection runs: the collections of `wharf serve` and `wharf gc` exclude
+/// each other, and the holder knows that marks it finds were left by a
+/// collection that crashed (the lock dies with its process).
+struct GcLock(#[allow(dead_code)] std::fs::File);
+
+fn try_gc_lock(root: &Path) -> anyhow::Result<Option<GcLock>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join("wharf/gc.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock only reads its integer arguments; the fd is valid while `f` lives.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(GcLock(f)));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e).with_context(|| format!("locking {}", path.display()))
+    }
+}
+
+/// Runs one collection unless another is running on this data directory.
+async fn collect(
+    registry: &wharf_core::Registry,
+    root: &Path,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<Option<wharf_core::GcReport>> {
+    let Some(_lock) = try_gc_lock(root)? else {
+        return Ok(None);
+    };
+    let r = registry
+        .gc(wharf_core::GcOptions {
+            grace,
+            dry_run,
+            sole_collector: true,
+        })
+        .await?;
+    Ok(Some(r))
+}
+
 fn gc(args: GcArgs) -> anyhow::Result<()> {
     let path = config_path(args.config);
     let loaded = config::load(path.as_deref(), &env_vars())?;
@@ -187,12 +237,10 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let (registry, _) = open_registry(&cfg).await?;
-        let r = registry
-            .gc(wharf_core::GcOptions {
-                grace,
-                dry_run: args.dry_run,
-            })
-            .await?;
+        let Some(r) = collect(&registry, &cfg.storage.rootdirectory, grace, args.dry_run).await?
+        else {
+            anyhow::bail!("another garbage collection is running on this data directory");
+        };
         let verb = if r.dry_run { "would free" } else { "freed" };
         println!(
             "{verb} {} blobs, {} bytes ({:.1} MiB), {} unused links; {:.2} s",
@@ -371,17 +419,16 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     if cfg.storage.gc.enabled {
         let g = cfg.storage.gc.clone();
         let reg = registry.clone();
+        let gc_root = root.clone();
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
             loop {
                 tick.tick().await;
-                let opts = wharf_core::GcOptions {
-                    grace: g.grace,
-                    dry_run: false,
-                };
-                if let Err(e) = reg.gc(opts).await {
-                    tracing::error!(error = %e, "scheduled garbage collection failed");
+                match collect(&reg, &gc_root, g.grace, false).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => tracing::info!("another garbage collection is running; skipped"),
+                    Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
                 }
             }
         });

@@ -184,3 +184,148 @@ async fn kill_during_concurrent_pushes() {
         files
     );
 }
+
+/// kill -9 a `wharf gc` running beside the server, again and again: nothing
+/// reachable is lost, and the next collection finishes the work.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_during_garbage_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[], &[]);
+    let client = common::client();
+    let base = server.url("");
+    // 30 images of 20 small layers each; half of them deleted afterwards.
+    let mut kept: Vec<(String, Vec<(String, Vec<u8>)>)> = Vec::new();
+    let mut freed_blobs = 0;
+    for i in 0..30u64 {
+        let repo = format!("gc/r{}", i % 3);
+        let mut blobs = Vec::new();
+        for l in 0..21u64 {
+            let body = bytes(i * 100 + l, 512 + l as usize);
+            let d = sha256(&body);
+            let r = client
+                .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            blobs.push((d, body));
+        }
+        let layers: Vec<String> = blobs[1..]
+            .iter()
+            .map(|(d, b)| {
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                    b.len()
+                )
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]}}"#,
+            blobs[0].0,
+            blobs[0].1.len(),
+            layers.join(",")
+        );
+        let r = client
+            .put(format!("{base}/v2/{repo}/manifests/v{i}"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        if i % 2 == 0 {
+            let digest = sha256(manifest.as_bytes());
+            let r = client
+                .delete(format!("{base}/v2/{repo}/manifests/{digest}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            freed_blobs += blobs.len();
+        } else {
+            kept.push((repo, blobs));
+        }
+    }
+
+    let gc = |extra: &[&str]| {
+        let log = dir.path().join("gc.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["gc", "--grace", "0s", "--data"])
+            .arg(&data)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let mut interrupted = 0;
+    for attempt in 0..12u64 {
+        let (mut child, log) = gc(&[]);
+        std::thread::sleep(Duration::from_millis(5 + attempt * 4));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("garbage collection started")
+            && !text.contains("garbage collection finished")
+        {
+            interrupted += 1;
+        }
+        // Whatever was interrupted, every kept image is whole.
+        for (repo, blobs) in &kept {
+            for (d, body) in blobs {
+                let r = client
+                    .get(format!("{base}/v2/{repo}/blobs/{d}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "attempt {attempt}: {repo}@{d}");
+                assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
+            }
+        }
+    }
+    eprintln!("kills in the middle of a collection: {interrupted} of 12");
+    assert!(
+        interrupted > 0,
+        "no kill landed in the middle of a collection"
+    );
+
+    // The next collection finishes the work: only the kept blobs remain.
+    let (child, _) = gc(&[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let mut on_disk = std::collections::BTreeSet::new();
+    for p in std::fs::read_dir(data.join("docker/registry/v2/blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        for b in std::fs::read_dir(p.path()).unwrap().flatten() {
+            if b.path().join("data").exists() {
+                on_disk.insert(format!("sha256:{}", b.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let want: std::collections::BTreeSet<String> = kept
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|(d, _)| d.clone()))
+        .collect();
+    assert_eq!(
+        on_disk.len(),
+        want.len(),
+        "{freed_blobs} blobs were to be freed"
+    );
+    assert_eq!(on_disk, want);
+    // Nothing is left marked: a deleted image's blob can be pushed again at once.
+    let body = bytes(0, 512);
+    let d = sha256(&body);
+    let r = client
+        .post(format!("{base}/v2/gc/r0/blobs/uploads/?digest={d}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    server.kill9();
+}
