@@ -195,7 +195,9 @@ async fn kill_during_garbage_collection() {
     let client = common::client();
     let base = server.url("");
     // 30 images of 20 small layers each; half of them deleted afterwards.
-    let mut kept: Vec<(String, Vec<(String, Vec<u8>)>)> = Vec::new();
+    // repo, then each blob's digest and bytes
+    type Image = (String, Vec<(String, Vec<u8>)>);
+    let mut kept: Vec<Image> = Vec::new();
     let mut freed_blobs = 0;
     for i in 0..30u64 {
         let repo = format!("gc/r{}", i % 3);
