@@ -60,6 +60,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/robots", get(list_robots).post(create_robot))
         .route("/api/v1/robots/{name}", delete(delete_robot))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/gc", axum::routing::post(run_gc))
 }
 
 async fn openapi() -> Response {
@@ -795,5 +796,53 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
                 })
             })
             .collect(),
+    )
+}
+
+// ---- garbage collection ------------------------------------------------------
+
+/// `POST /api/v1/gc?dry_run=true&grace_seconds=N`: one collection now.
+async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_admin()?;
+    let q = crate::Query::parse(req.uri().query());
+    let dry_run = match q.get("dry_run") {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => return Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
+    };
+    let grace = match q.get("grace_seconds") {
+        None => st.config.gc_grace,
+        Some(v) => std::time::Duration::from_secs(
+            v.parse::<u64>()
+                .map_err(|_| invalid("grace_seconds must be a whole number"))?,
+        ),
+    };
+    let r = st
+        .registry
+        .gc(wharf_core::GcOptions {
+            grace,
+            dry_run,
+            sole_collector: false,
+        })
+        .await
+        .map_err(|e| match e {
+            wharf_core::CoreError::Busy(m) => ApiError::msg(ErrorCode::Conflict, m),
+            e => ApiError::from(e),
+        })?;
+    if !dry_run {
+        a.auth
+            .audit(
+                a.who.actor(),
+                a.addr,
+                "gc",
+                format!("{} blobs, {} bytes", r.blobs, r.bytes),
+                "ok",
+            )
+            .await;
+    }
+    ok(
+        StatusCode::OK,
+        serde_json::to_value(&r).map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?,
     )
 }

@@ -35,11 +35,23 @@ pub struct ConnInfo {
 }
 
 /// Settings of the API layer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Base URL for `Location` headers (`http.host`), e.g.
     /// `https://registry.example.com`. Without it, the request's `Host` is used.
     pub base_url: Option<String>,
+    /// The grace period of collections started through the admin API when
+    /// the request does not give one (`storage.maintenance.gc.grace`).
+    pub gc_grace: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            base_url: None,
+            gc_grace: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 pub struct AppState {

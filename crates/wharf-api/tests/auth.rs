@@ -1131,6 +1131,26 @@ async fn admin_api_rules_and_audit() {
     assert_eq!(v[0]["actor"], "admin");
     let (s, _) = api(&reg, ADMIN, Method::GET, "/audit?since=abc", None).await;
     assert_eq!(s, 400);
+    // Garbage collection through the API: admins only; a dry run reports.
+    let (s, _) = api(&reg, erin, Method::POST, "/gc?dry_run=true", None).await;
+    assert_eq!(s, 403);
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/gc?dry_run=true&grace_seconds=0",
+        None,
+    )
+    .await;
+    assert_eq!((s, v["dry_run"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, _) = api(&reg, ADMIN, Method::POST, "/gc?dry_run=maybe", None).await;
+    assert_eq!(s, 400);
+    let (s, v) = api(&reg, ADMIN, Method::POST, "/gc?grace_seconds=3600", None).await;
+    assert_eq!(
+        (s, v["blobs"].as_u64()),
+        (StatusCode::OK, Some(0)),
+        "everything is younger than an hour"
+    );
     let (s, _) = api(&reg, erin, Method::GET, "/audit", None).await;
     assert_eq!(s, 403);
 }

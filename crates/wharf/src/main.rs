@@ -358,6 +358,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         registry: registry.clone(),
         config: wharf_api::ApiConfig {
             base_url: cfg.http.host.clone(),
+            gc_grace: cfg.storage.gc.grace,
         },
         auth,
     });
