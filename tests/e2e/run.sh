@@ -16,9 +16,10 @@ export WORK WHARF
 . "$HERE/lib.sh"
 . "$HERE/clients.sh"
 . "$HERE/auth.sh"
+. "$HERE/gc.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc)
 
 cleanup() {
   stop_wharf; stop_dockerd; stop_containerd
@@ -42,6 +43,11 @@ for c in "${CLIENTS[@]}"; do
     { start_dockerd && start_containerd; } || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(auth-daemons); continue; }
     client_auth
     stop_dockerd; stop_containerd
+    continue
+  fi
+  if [ "$c" = gc ]; then
+    echo "--- deleting frees space"
+    client_gc
     continue
   fi
   if [ "$c" = diskfull ]; then
