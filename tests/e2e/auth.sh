@@ -108,10 +108,13 @@ client_auth() {
   check "builtin: ctr push with a wrong password refused" bash -c "! $CTR images push --hosts-dir $w/hosts-builtin --user dev:wrong $REG/team/ctr:2 e2e/x:amd64"
   check "builtin: ctr pull anonymously from the public project" $CTR images pull --hosts-dir "$w/hosts-builtin" "$REG/team/ctr:1"
 
+  check "builtin: admin deletes a repository (CLI)" "$WHARF" repo rm team/robot
+  check "builtin: the deleted repository is gone" bash -c "! skopeo inspect $c docker://$REG/team/robot:1"
+  check "builtin: a developer may not delete repositories" bash -c "! WHARF_USER=dev WHARF_PASSWORD=dev-secret-1 $WHARF repo rm team/app"
   check "builtin: audit shows dev's pushes (CLI)" bash -c "$WHARF audit --actor dev --action push --outcome ok | grep -q team/app:1"
   check "builtin: audit shows refused logins (CLI)" bash -c "$WHARF audit --action login --outcome failed | grep -q dev"
   check "builtin: audit shows the robot's denied push" bash -c "$WHARF audit --actor 'robot\$ci' --outcome denied | grep -q other/robot"
-  check_eq "builtin: catalog of anonymous shows the public project only" '["team/app","team/copy","team/ctr","team/docker","team/podman","team/robot"]' \
+  check_eq "builtin: catalog of anonymous shows the public project only" '["team/app","team/copy","team/ctr","team/docker","team/podman"]' \
     "$(curl_reg "https://$REG/v2/_catalog" -H "Authorization: Bearer $(curl_reg "https://$REG/auth/token?service=wharf&scope=registry:catalog:*" | jq -r .token)" | jq -c .repositories)"
   unset WHARF_SERVER WHARF_CACERT WHARF_USER WHARF_PASSWORD REGISTRY_AUTH_FILE
   stop_wharf

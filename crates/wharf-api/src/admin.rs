@@ -61,6 +61,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/robots/{name}", delete(delete_robot))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/gc", axum::routing::post(run_gc))
+        .route("/api/v1/repositories/{*name}", delete(delete_repository))
 }
 
 async fn openapi() -> Response {
@@ -845,4 +846,46 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
         StatusCode::OK,
         serde_json::to_value(&r).map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?,
     )
+}
+
+// ---- repositories --------------------------------------------------------------
+
+/// `DELETE /api/v1/repositories/<name>`: the repository with its manifests,
+/// tags and upload sessions; blobs nothing else uses go with the next
+/// garbage collection. For whoever may delete in the repository's project.
+async fn delete_repository(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    let repo: wharf_oci::RepoName = name
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::NameInvalid))?;
+    let may = a
+        .auth
+        .grant(
+            &a.who,
+            &wharf_auth::Resource::Repository(repo.clone()),
+            wharf_auth::Actions::DELETE,
+        )
+        .await
+        .map_err(auth_err)?;
+    if !may.contains(wharf_auth::Actions::DELETE) {
+        return Err(ApiError::msg(
+            ErrorCode::Denied,
+            "deleting this repository is not allowed",
+        ));
+    }
+    st.registry.delete_repository(&repo).await?;
+    a.auth
+        .audit(
+            a.who.actor(),
+            a.addr,
+            "repository.delete",
+            repo.to_string(),
+            "ok",
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -210,7 +210,9 @@ fn openapi_check(m: &Method, path: &str, status: StatusCode, body: &Value) {
         .iter()
         .find(|(t, _)| {
             let ts: Vec<&str> = t.split('/').collect();
-            ts.len() == segs.len()
+            // `{repository}` is a whole repository name, slashes and all.
+            let whole = ts.last() == Some(&"{repository}");
+            (ts.len() == segs.len() || (whole && segs.len() >= ts.len()))
                 && ts
                     .iter()
                     .zip(&segs)
@@ -1131,6 +1133,30 @@ async fn admin_api_rules_and_audit() {
     assert_eq!(v[0]["actor"], "admin");
     let (s, _) = api(&reg, ADMIN, Method::GET, "/audit?since=abc", None).await;
     assert_eq!(s, 400);
+    // Deleting a repository: erin administers team; others may not.
+    let (s, _) = api(
+        &reg,
+        erin,
+        Method::DELETE,
+        "/repositories/other/thing",
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = api(&reg, erin, Method::DELETE, "/repositories/team/app", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = api(&reg, erin, Method::DELETE, "/repositories/team/app", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::DELETE,
+        "/repositories/Not//Valid",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(c.pull("team/app", "v1").await, 404);
     // Garbage collection through the API: admins only; a dry run reports.
     let (s, _) = api(&reg, erin, Method::POST, "/gc?dry_run=true", None).await;
     assert_eq!(s, 403);

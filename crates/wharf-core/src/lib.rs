@@ -178,6 +178,22 @@ impl Registry {
         }
     }
 
+    /// Deletes a repository with its manifests, tags, links and upload
+    /// sessions; its blobs go with the next garbage collection if nothing
+    /// else uses them. `NameUnknown` if it does not exist.
+    pub async fn delete_repository(&self, repo: &RepoName) -> Result<(), CoreError> {
+        self.check_delete()?;
+        let Some(uploads) = self.meta.delete_repository(repo).await? else {
+            return Err(CoreError::NameUnknown);
+        };
+        for id in uploads {
+            if let Err(e) = self.blobs.delete_upload(&id).await {
+                tracing::warn!(upload = %id, error = %e, "removing an upload of a deleted repository failed");
+            }
+        }
+        Ok(())
+    }
+
     /// Removes `repo`'s link to a blob. The bytes go when nothing links them (GC).
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), CoreError> {
         self.check_delete()?;

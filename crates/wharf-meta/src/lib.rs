@@ -157,6 +157,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Deletes one tag. Returns whether it existed.
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
 
+    /// Deletes a repository: its manifests, tags, blob links and upload
+    /// sessions (blobs themselves stay for garbage collection). Returns the
+    /// ids of the upload sessions it had, or `None` if it did not exist.
+    async fn delete_repository(&self, repo: &RepoName) -> Result<Option<Vec<String>>, MetaError>;
+
     /// Tags of `repo` after `last`, at most `n`. `None` if the repository holds
     /// no manifest.
     async fn list_tags(

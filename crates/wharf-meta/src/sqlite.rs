@@ -592,6 +592,39 @@ impl MetaStore for SqliteMeta {
         Ok(changed)
     }
 
+    async fn delete_repository(&self, repo: &RepoName) -> Result<Option<Vec<String>>, MetaError> {
+        let repo_name = repo.to_string();
+        let repo = repo_name.clone();
+        let out = self
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let Some(id): Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM repositories WHERE name = ?1",
+                        [&repo],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                let uploads: Vec<String> = tx
+                    .prepare("SELECT id FROM uploads WHERE repo_id = ?1")?
+                    .query_map([id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                // Tags and edges go with the manifests (ON DELETE CASCADE).
+                tx.execute("DELETE FROM manifests WHERE repo_id = ?1", [id])?;
+                tx.execute("DELETE FROM repo_blobs WHERE repo_id = ?1", [id])?;
+                tx.execute("DELETE FROM uploads WHERE repo_id = ?1", [id])?;
+                tx.execute("DELETE FROM repositories WHERE id = ?1", [id])?;
+                tx.commit()?;
+                Ok(Some(uploads))
+            })
+            .await?;
+        self.tags.invalidate(&repo_name);
+        Ok(out)
+    }
+
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError> {
         let (repo_name, tag) = (repo.to_string(), tag.to_string());
         let repo = repo_name.clone();

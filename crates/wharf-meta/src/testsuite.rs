@@ -34,6 +34,52 @@ pub async fn run_all(meta: &dyn MetaStore) {
     listings_follow_writes(meta).await;
     referrers(meta).await;
     uploads(meta).await;
+    repository_delete(meta).await;
+}
+
+pub async fn repository_delete(meta: &dyn MetaStore) {
+    let (repo, other) = (name("rmrepo/app"), name("rmrepo/other"));
+    let layer = Digest::sha256_of(b"rmrepo-layer");
+    meta.record_blob(&layer, 3, 1).await.unwrap();
+    for r in [&repo, &other] {
+        meta.link_blob(r, &layer).await.unwrap();
+        let m = manifest("rmrepo-image", None, None);
+        let refs = ManifestRefs {
+            blobs: vec![layer.clone()],
+            children: vec![],
+        };
+        meta.put_manifest(r, &m, &refs, Some(&tag("v1")))
+            .await
+            .unwrap();
+    }
+    meta.create_upload(&Upload {
+        id: "rmrepo-upload".into(),
+        repo: repo.clone(),
+        size: 0,
+        hash_state: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        meta.delete_repository(&repo).await.unwrap(),
+        Some(vec!["rmrepo-upload".to_string()])
+    );
+    assert_eq!(meta.delete_repository(&repo).await.unwrap(), None);
+    assert_eq!(meta.list_tags(&repo, None, 10).await.unwrap(), None);
+    assert_eq!(meta.blob_in_repo(&repo, &layer).await.unwrap(), None);
+    assert!(meta.get_upload("rmrepo-upload").await.unwrap().is_none());
+    let cat = meta.list_repositories(Some("rmrepo/"), 10).await.unwrap();
+    assert!(!cat.items.contains(&repo.to_string()));
+    // The other repository is untouched.
+    assert_eq!(meta.blob_in_repo(&other, &layer).await.unwrap(), Some(3));
+    assert!(
+        meta.manifest_by_tag(&other, &tag("v1"))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// Marks, forgets, stale links, grace and the record/mark handshake.

@@ -144,6 +144,13 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Delete a repository: its manifests, tags and upload sessions. Blobs
+    /// nothing else uses are freed by the next garbage collection.
+    Rm { name: String },
+}
+
 #[derive(Args)]
 pub struct AuditArgs {
     #[arg(long)]
@@ -548,6 +555,26 @@ pub fn token(r: Remote, cmd: TokenCommand) -> anyhow::Result<()> {
                 api.call(Method::DELETE, &format!("{base}/{}", seg(&name)), None)
                     .await?;
                 println!("revoked token {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn repo(r: Remote, cmd: RepoCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let api = Api::new(&r)?;
+        match cmd {
+            RepoCommand::Rm { name } => {
+                // Slashes separate the name's components in the path too.
+                let path: Vec<String> = name.split('/').map(seg).collect();
+                api.call(
+                    Method::DELETE,
+                    &format!("/repositories/{}", path.join("/")),
+                    None,
+                )
+                .await?;
+                println!("deleted repository {name}");
             }
         }
         Ok(())

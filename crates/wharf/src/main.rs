@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         cmd: admin_cli::ProjectCommand,
     },
+    /// Delete repositories on a running server.
+    Repo {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::RepoCommand,
+    },
     /// Manage robot accounts on a running server.
     Robot {
         #[command(flatten)]
@@ -146,6 +153,7 @@ fn main() -> std::process::ExitCode {
         Command::Gc(args) => gc(args),
         Command::User { remote, cmd } => admin_cli::user(remote, cmd),
         Command::Project { remote, cmd } => admin_cli::project(remote, cmd),
+        Command::Repo { remote, cmd } => admin_cli::repo(remote, cmd),
         Command::Robot { remote, cmd } => admin_cli::robot(remote, cmd),
         Command::Token { remote, cmd } => admin_cli::token(remote, cmd),
         Command::Audit { remote, args } => admin_cli::audit(remote, args),
