@@ -38,6 +38,8 @@ pub enum ErrorCode {
     Conflict,
     /// A manifest over the size limit.
     TooLarge,
+    /// Deleting a manifest that an index in the repository lists.
+    ManifestReferenced,
     Unknown,
 }
 
@@ -128,6 +130,11 @@ impl ErrorCode {
                 "invalid number of results requested",
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
+            ManifestReferenced => (
+                "DENIED",
+                StatusCode::CONFLICT,
+                "the manifest is listed by an index; delete the index first",
+            ),
             InvalidRequest => (
                 "INVALID_REQUEST",
                 StatusCode::BAD_REQUEST,
@@ -206,6 +213,7 @@ impl From<CoreError> for ApiError {
             CoreError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
             CoreError::ManifestChildUnknown(_) => ErrorCode::ManifestChildUnknown,
             CoreError::ManifestUnknown => ErrorCode::ManifestUnknown,
+            CoreError::ManifestReferenced(_) => ErrorCode::ManifestReferenced,
             CoreError::ManifestInvalid(_) => ErrorCode::ManifestInvalid,
             CoreError::ManifestTooLarge => ErrorCode::TooLarge,
             CoreError::NameUnknown => ErrorCode::NameUnknown,

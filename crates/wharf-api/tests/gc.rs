@@ -286,3 +286,85 @@ async fn stress_push_retag_delete_while_collecting() {
         "collections freed blobs while clients worked ({runs} runs)"
     );
 }
+
+/// Deleting what users mean: an index's child stays while the index lists it;
+/// a deleted manifest's referrers go with it, or stay if so configured.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_respect_indexes_and_follow_referrers() {
+    for delete_referrers in [true, false] {
+        let reg = TestRegistry::builder()
+            .delete_referrers(delete_referrers)
+            .spawn()
+            .await;
+        let img = random_image("subject");
+        push(&reg, "del/app", "v1", &img).await;
+        // An index listing the image.
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": harness::OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": img.1, "size": img.0.len(),
+                           "platform": {"architecture": "amd64", "os": "linux"}}],
+        }))
+        .unwrap();
+        let r = reg
+            .put_manifest("del/app", "multi", &index, harness::OCI_INDEX)
+            .await;
+        assert_eq!(r.status(), 201);
+        let r = reg
+            .send(Method::DELETE, &format!("/v2/del/app/manifests/{}", img.1))
+            .await;
+        assert_eq!(r.status(), 409, "the index still lists it");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        assert_eq!(
+            reg.status(Method::GET, "/v2/del/app/manifests/v1").await,
+            200
+        );
+
+        // A signature of the image, and a signature of that signature.
+        let sig_blob = format!("signature {}", rand::random::<u64>()).into_bytes();
+        let sd = reg.push_blob("del/app", &sig_blob).await;
+        let sig = image_manifest(&sd, sig_blob.len(), &[], Some((&img.1, img.0.len())));
+        let sig_digest = sha256(&sig);
+        let r = reg
+            .put_manifest("del/app", &sig_digest, &sig, OCI_MANIFEST)
+            .await;
+        assert_eq!(r.status(), 201);
+        let sig2 = image_manifest(&sd, sig_blob.len(), &[], Some((&sig_digest, sig.len())));
+        let sig2_digest = sha256(&sig2);
+        let r = reg
+            .put_manifest("del/app", &sig2_digest, &sig2, OCI_MANIFEST)
+            .await;
+        assert_eq!(r.status(), 201);
+
+        // Deleting the index frees the child; deleting the child takes its referrers.
+        let index_digest = sha256(&index);
+        let s = reg
+            .status(
+                Method::DELETE,
+                &format!("/v2/del/app/manifests/{index_digest}"),
+            )
+            .await;
+        assert_eq!(s, 202);
+        let s = reg
+            .status(Method::DELETE, &format!("/v2/del/app/manifests/{}", img.1))
+            .await;
+        assert_eq!(s, 202);
+        let want = if delete_referrers { 404 } else { 200 };
+        for d in [&sig_digest, &sig2_digest] {
+            let s = reg
+                .status(Method::GET, &format!("/v2/del/app/manifests/{d}"))
+                .await;
+            assert_eq!(
+                s, want,
+                "referrer {d} with delete_referrers={delete_referrers}"
+            );
+        }
+        if delete_referrers {
+            // Then everything is garbage.
+            let r = reg.registry.gc(now_grace(0)).await.unwrap();
+            assert_eq!(r.blobs, 3);
+            assert!(blobs_on_disk(&reg.data).is_empty());
+        }
+    }
+}

@@ -23,6 +23,8 @@ pub enum CoreError {
     ManifestChildUnknown(Digest),
     #[error("manifest unknown")]
     ManifestUnknown,
+    #[error("the manifest is listed by index {0}: delete the index first")]
+    ManifestReferenced(Digest),
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
     #[error("manifest is larger than the 4 MiB limit")]
@@ -45,7 +47,10 @@ pub enum CoreError {
 
 impl From<MetaError> for CoreError {
     fn from(e: MetaError) -> Self {
-        CoreError::Internal(e.to_string())
+        match e {
+            MetaError::Referenced(d) => CoreError::ManifestReferenced(d),
+            e => CoreError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -29,15 +29,22 @@ pub struct CoreConfig {
     /// Whether DELETE of blobs, manifests and tags is allowed
     /// (`storage.delete.enabled`).
     pub delete_enabled: bool,
+    /// Whether deleting a manifest by digest also deletes the manifests whose
+    /// `subject` it is (signatures, SBOMs: `storage.delete.referrers`).
+    pub delete_referrers: bool,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             delete_enabled: true,
+            delete_referrers: true,
         }
     }
 }
+
+/// How deep referrers of referrers are followed on delete.
+const MAX_REFERRER_DEPTH: usize = 8;
 
 /// The registry: one per process, shared by all requests.
 pub struct Registry {
@@ -534,13 +541,43 @@ impl Registry {
         self.check_delete()?;
         let found = match reference {
             Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
-            Reference::Digest(d) => self.meta.delete_manifest(repo, d).await?,
+            Reference::Digest(d) => {
+                // The subject first: if an index still lists it, nothing goes.
+                let found = self.meta.delete_manifest(repo, d).await?;
+                if found && self.config.delete_referrers {
+                    self.delete_referrers(repo, d).await?;
+                }
+                found
+            }
         };
         if found {
             Ok(())
         } else {
             Err(CoreError::ManifestUnknown)
         }
+    }
+
+    /// Deletes the manifests that name `subject` (and theirs, to a depth).
+    async fn delete_referrers(&self, repo: &RepoName, subject: &Digest) -> Result<(), CoreError> {
+        let mut level = vec![subject.clone()];
+        for _ in 0..MAX_REFERRER_DEPTH {
+            let mut next = Vec::new();
+            for s in &level {
+                for r in self.meta.referrers(repo, s, None).await? {
+                    match self.meta.delete_manifest(repo, &r.digest).await {
+                        Ok(_) => next.push(r.digest),
+                        // Also a child of an index: the index keeps it.
+                        Err(MetaError::Referenced(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
+        }
+        Ok(())
     }
 
     // ---- listings ----------------------------------------------------------------

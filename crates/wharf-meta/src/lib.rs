@@ -28,6 +28,9 @@ pub enum MetaError {
     /// The record changed under the caller (e.g. an upload's offset moved).
     #[error("conflicting concurrent change")]
     Conflict,
+    /// The manifest is a child of an index in the same repository.
+    #[error("manifest is referenced by index {0}")]
+    Referenced(Digest),
     /// A record with this key exists already.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -151,7 +154,8 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Option<ManifestRecord>, MetaError>;
 
     /// Deletes a manifest, the tags that point at it and its reference edges.
-    /// Returns whether it existed.
+    /// Returns whether it existed. `Referenced` (and nothing deleted) while an
+    /// index in the repository lists it.
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, MetaError>;
 
     /// Deletes one tag. Returns whether it existed.

@@ -578,12 +578,26 @@ impl MetaStore for SqliteMeta {
         // Tags and reference edges go with it through ON DELETE CASCADE.
         let changed = self
             .write(move |c| {
-                Ok(c.prepare_cached(
-                    "DELETE FROM manifests WHERE digest = ?1 \
-                 AND repo_id = (SELECT id FROM repositories WHERE name = ?2)",
-                )?
-                .execute([digest, repo])?
-                    > 0)
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let parent: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT mc.manifest_digest FROM manifest_children mc \
+                         JOIN repositories r ON r.id = mc.repo_id \
+                         WHERE r.name = ?2 AND mc.child_digest = ?1 LIMIT 1",
+                    )?
+                    .query_row([&digest, &repo], |r| r.get(0))
+                    .optional()?;
+                if let Some(p) = parent {
+                    return Err(MetaError::Referenced(parse_digest(&p)?));
+                }
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM manifests WHERE digest = ?1 \
+                         AND repo_id = (SELECT id FROM repositories WHERE name = ?2)",
+                    )?
+                    .execute([digest, repo])?;
+                tx.commit()?;
+                Ok(n > 0)
             })
             .await?;
         if changed {

@@ -287,8 +287,21 @@ pub async fn manifests_need_their_references(meta: &dyn MetaStore) {
         .unwrap();
     assert_eq!(
         meta.manifest_by_tag(&repo, &tag("multi")).await.unwrap(),
-        Some(index)
+        Some(index.clone())
     );
+    // A child stays while an index lists it; deleting the index frees it.
+    assert!(matches!(
+        meta.delete_manifest(&repo, &m.digest).await,
+        Err(MetaError::Referenced(d)) if d == index.digest
+    ));
+    assert!(
+        meta.manifest_by_digest(&repo, &m.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(meta.delete_manifest(&repo, &index.digest).await.unwrap());
+    assert!(meta.delete_manifest(&repo, &m.digest).await.unwrap());
 }
 
 pub async fn tags_and_deletes(meta: &dyn MetaStore) {

@@ -107,6 +107,9 @@ pub struct StorageConfig {
     /// `storage.delete.enabled`. Wharf's default is `true` (distribution's is
     /// `false`): deleting images is a feature, not an accident.
     pub delete_enabled: bool,
+    /// `storage.delete.referrers`: `delete` (default) removes a deleted
+    /// manifest's referrers (signatures, SBOMs) with it; `keep` leaves them.
+    pub delete_referrers: bool,
     pub uploadpurging: UploadPurging,
     pub gc: GcConfig,
 }
@@ -219,6 +222,7 @@ const SUPPORTED: &[&str] = &[
     "storage.filesystem.rootdirectory",
     "storage.filesystem.maxthreads",
     "storage.delete.enabled",
+    "storage.delete.referrers",
     "storage.maintenance.uploadpurging.enabled",
     "storage.maintenance.uploadpurging.age",
     "storage.maintenance.uploadpurging.interval",
@@ -531,6 +535,11 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
                 .map(PathBuf::from)
                 .unwrap_or_else(default_data_dir),
             delete_enabled: get_bool(&doc, "storage.delete.enabled")?.unwrap_or(true),
+            delete_referrers: match get_string(&doc, "storage.delete.referrers")?.as_deref() {
+                None | Some("delete") => true,
+                Some("keep") => false,
+                Some(v) => bail!("storage.delete.referrers {v:?}: use delete or keep"),
+            },
             uploadpurging: UploadPurging {
                 enabled: get_bool(&doc, "storage.maintenance.uploadpurging.enabled")?
                     .unwrap_or(true),
@@ -689,7 +698,8 @@ impl Config {
             "auth": self.auth_yaml(),
             "storage": {
                 "filesystem": {"rootdirectory": self.storage.rootdirectory},
-                "delete": {"enabled": self.storage.delete_enabled},
+                "delete": {"enabled": self.storage.delete_enabled,
+                           "referrers": if self.storage.delete_referrers { "delete" } else { "keep" }},
                 "maintenance": {"uploadpurging": {
                     "enabled": self.storage.uploadpurging.enabled,
                     "age": format_duration(self.storage.uploadpurging.age),

@@ -340,6 +340,7 @@ async fn open_registry(
         meta.clone(),
         wharf_core::CoreConfig {
             delete_enabled: cfg.storage.delete_enabled,
+            delete_referrers: cfg.storage.delete_referrers,
         },
     ));
     Ok((registry, meta))

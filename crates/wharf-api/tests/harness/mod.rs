@@ -13,6 +13,7 @@ use wharf_core::{CoreConfig, Registry};
 pub struct TestRegistryBuilder {
     data: Option<PathBuf>,
     delete_enabled: bool,
+    delete_referrers: bool,
     auth: Option<AuthSetup>,
 }
 
@@ -44,6 +45,7 @@ impl TestRegistry {
         TestRegistryBuilder {
             data: None,
             delete_enabled: true,
+            delete_referrers: true,
             auth: None,
         }
     }
@@ -93,6 +95,11 @@ impl TestRegistryBuilder {
 
     pub fn auth(mut self, a: AuthSetup) -> Self {
         self.auth = Some(a);
+        self
+    }
+
+    pub fn delete_referrers(mut self, on: bool) -> Self {
+        self.delete_referrers = on;
         self
     }
 
@@ -168,6 +175,7 @@ impl TestRegistryBuilder {
             meta,
             CoreConfig {
                 delete_enabled: self.delete_enabled,
+                delete_referrers: self.delete_referrers,
             },
         ));
         let app = wharf_api::router(Arc::new(AppState {
