@@ -7,8 +7,8 @@ prints medians and the ratio (Wharf / distribution, higher is better for
 throughput and requests per second, lower for time and memory).
 
 Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
-BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_ONLY (blobs,
-requests, catalog, memory, auth).
+BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_GC_MANIFESTS (10000),
+BENCH_ONLY (blobs, requests, catalog, memory, auth, gc).
 
 The auth section has no distribution counterpart (distribution issues no
 tokens): it runs Wharf alone, pinned to one core, with and without
@@ -33,7 +33,8 @@ BLOB_MIB = int(os.environ.get("BENCH_BLOB_MIB", "1024"))
 REPOS = int(os.environ.get("BENCH_REPOS", "10000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-# Comma-separated subset of: blobs, requests, catalog, memory, auth (default: all).
+GC_MANIFESTS = int(os.environ.get("BENCH_GC_MANIFESTS", "10000"))
+# Comma-separated subset of: blobs, requests, catalog, memory, auth, gc (default: all).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
@@ -400,6 +401,79 @@ def bench_catalog(servers):
     record(f"page _catalog through {REPOS} repositories (n=100)", "s", times["wharf"], times["dist"], "lower")
 
 
+def gc_populate(srv, n):
+    """n images of a unique config and layer each, in 100 repositories; deletes
+    every other one by digest. Returns a (repo, tag) that stays."""
+    def one(batch):
+        c = srv.conn()
+        for i in batch:
+            repo = f"gc/r{i % 100:03d}"
+            cfg = json.dumps({"architecture": "amd64", "os": "linux", "n": i}).encode()
+            layer = os.urandom(1024)
+            cd = push_bytes(srv, repo, cfg, c)
+            ld = push_bytes(srv, repo, layer, c)
+            m = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_V2,
+                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd, "size": len(cfg)},
+                            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": ld, "size": len(layer)}]}).encode()
+            c.request("PUT", f"/v2/{repo}/manifests/t{i}", body=m, headers={"Content-Type": DOCKER_V2})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 201, (srv.kind, r.status)
+            if i % 2 == 0:
+                d = "sha256:" + hashlib.sha256(m).hexdigest()
+                c.request("DELETE", f"/v2/{repo}/manifests/{d}")
+                r = c.getresponse()
+                r.read()
+                assert r.status == 202, (srv.kind, r.status)
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(one, [range(k, n, 8) for k in range(8)]))
+    return "gc/r001", "t1"
+
+
+def bench_gc(work):
+    """distribution's offline garbage-collect against Wharf's online one on the
+    same store shape; Wharf's pull latency with and without a collection."""
+    nan = float("nan")
+    wharf = Server("wharf", os.path.join(work, "gc-wharf"))
+    dist = Server("dist", os.path.join(work, "gc-dist"))
+    for s in (wharf, dist):
+        os.makedirs(s.work, exist_ok=True)
+        s.start()
+        t0 = time.monotonic()
+        repo, tag = gc_populate(s, GC_MANIFESTS)
+        log(f"  {s.kind}: {GC_MANIFESTS} manifests, half deleted, in {time.monotonic() - t0:.1f} s")
+    try:
+        url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
+        acc = ["-H", f"Accept: {DOCKER_V2}"]
+        quiet = wrk(url, acc)
+        # The collection runs beside the server, as `wharf gc` does in production.
+        t0 = time.monotonic()
+        gc = subprocess.Popen([WHARF, "gc", "--grace", "0s", "--data", wharf.data],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency", *acc, url],
+                             check=True, capture_output=True, text=True).stdout
+        line = gc.communicate()[0]
+        assert gc.returncode == 0, line
+        m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+        busy_p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+        wharf_s = float(re.search(r"; ([\d.]+) s", line).group(1))
+        log(f"  wharf gc: {line.strip()} (wall {time.monotonic() - t0:.2f} s with wrk beside)")
+        freed = int(re.search(r"freed (\d+) blobs", line).group(1))
+        assert freed == GC_MANIFESTS, line
+        # distribution: stop it (its collector runs offline), then collect.
+        dist.stop()
+        t0 = time.monotonic()
+        subprocess.run(["docker-registry", "garbage-collect", os.path.join(dist.work, "dist.yml")],
+                       check=True, capture_output=True)
+        dist_s = time.monotonic() - t0
+        record(f"garbage collection, {GC_MANIFESTS} manifests, half deleted", "s", wharf_s, dist_s, "lower")
+        record("GET manifest p99 without a collection", "ms", quiet[1], nan, "lower")
+        record("GET manifest p99 while `wharf gc` runs beside", "ms", busy_p99, nan, "lower")
+    finally:
+        for s in (wharf, dist):
+            s.stop()
+
+
 def bench_memory(servers):
     size = 8 << 20
     blobs = [os.urandom(size) for _ in range(32)]
@@ -448,6 +522,9 @@ def main():
         if wanted("memory"):
             log("memory")
             bench_memory(servers)
+        if wanted("gc"):
+            log("garbage collection")
+            bench_gc(work)
         if wanted("auth"):
             log("access control (Wharf only, one core)")
             bench_auth(work)

@@ -19,10 +19,14 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use crate::{CoreError, Registry, now_ms};
 
 /// Blobs marked per transaction.
 const BATCH: usize = 500;
+/// Blob deletions in flight at once.
+const PARALLEL_DELETES: usize = 16;
 /// Marks older than this are taken over: their collector died.
 const STALE_MARK: Duration = Duration::from_secs(600);
 
@@ -85,23 +89,41 @@ impl Registry {
             } else {
                 now - STALE_MARK.as_millis() as i64
             };
+            let t_mark = Instant::now();
             let marked = self.meta.gc_mark(&owner, cutoff, stale, now, BATCH).await?;
             if marked.is_empty() {
                 break;
             }
-            let mut done = Vec::with_capacity(marked.len());
-            for (digest, size) in marked {
-                // A failure leaves the mark: the next collection takes it over.
-                match self.blobs.delete(&digest).await {
+            let t_delete = Instant::now();
+            // Deletions are independent system calls: run several at once.
+            let results: Vec<_> = futures::stream::iter(marked)
+                .map(|(digest, size)| async move {
+                    let r = self.blobs.delete(&digest).await;
+                    (digest, size, r)
+                })
+                .buffer_unordered(PARALLEL_DELETES)
+                .collect()
+                .await;
+            let mut done = Vec::with_capacity(results.len());
+            for (digest, size, r) in results {
+                match r {
                     Ok(_) => {
                         report.blobs += 1;
                         report.bytes += size;
                         done.push(digest);
                     }
+                    // The mark stays: the next collection takes it over.
                     Err(e) => tracing::error!(%digest, error = %e, "deleting a blob failed"),
                 }
             }
+            let t_forget = Instant::now();
             self.meta.gc_forget(&owner, &done).await?;
+            tracing::debug!(
+                mark_ms = (t_delete - t_mark).as_millis() as u64,
+                delete_ms = (t_forget - t_delete).as_millis() as u64,
+                forget_ms = t_forget.elapsed().as_millis() as u64,
+                "garbage collection batch"
+            );
             metrics::counter!("wharf_gc_blobs_deleted_total").increment(done.len() as u64);
             tracing::info!(
                 blobs = report.blobs,

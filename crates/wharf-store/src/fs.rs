@@ -327,10 +327,15 @@ impl BlobStore for FsBlobStore {
 
     async fn delete(&self, digest: &Digest) -> Result<bool, StoreError> {
         let dir = self.blob_dir(digest);
-        let existed = not_found_as_none(tokio::fs::remove_file(dir.join("data")).await)?.is_some();
-        // The directory may hold nothing else; failing to remove it is harmless.
-        let _ = tokio::fs::remove_dir(&dir).await;
-        Ok(existed)
+        // One trip to the blocking pool for both calls.
+        blocking(move || {
+            let existed = not_found_as_none(std::fs::remove_file(dir.join("data")))?.is_some();
+            // The directory may hold nothing else; failing to remove it is harmless.
+            let _ = std::fs::remove_dir(&dir);
+            Ok(existed)
+        })
+        .await
+        .map_err(StoreError::Io)
     }
 
     async fn create_upload(&self, id: &str) -> Result<(), StoreError> {
