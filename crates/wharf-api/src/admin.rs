@@ -802,7 +802,8 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
 
 // ---- garbage collection ------------------------------------------------------
 
-/// `POST /api/v1/gc?dry_run=true&grace_seconds=N`: one collection now.
+/// `POST /api/v1/gc?dry_run=true&grace_seconds=N&untagged_age_seconds=M`:
+/// one collection now.
 async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
@@ -812,6 +813,15 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
         Some("true") | Some("1") => true,
         Some(v) => return Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
     };
+    let untagged_age = q
+        .get("untagged_age_seconds")
+        .map(|v| {
+            v.parse::<u64>()
+                .map(std::time::Duration::from_secs)
+                .map_err(|_| invalid("untagged_age_seconds must be a whole number"))
+        })
+        .transpose()?
+        .or(st.config.gc_untagged_age);
     let grace = match q.get("grace_seconds") {
         None => st.config.gc_grace,
         Some(v) => std::time::Duration::from_secs(
@@ -825,6 +835,7 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
             grace,
             dry_run,
             sole_collector: false,
+            untagged_age,
         })
         .await
         .map_err(|e| match e {

@@ -43,6 +43,8 @@ pub struct ApiConfig {
     /// The grace period of collections started through the admin API when
     /// the request does not give one (`storage.maintenance.gc.grace`).
     pub gc_grace: std::time::Duration,
+    /// The untagged-manifest policy (`storage.maintenance.untagged`), if on.
+    pub gc_untagged_age: Option<std::time::Duration>,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +52,7 @@ impl Default for ApiConfig {
         ApiConfig {
             base_url: None,
             gc_grace: std::time::Duration::from_secs(24 * 3600),
+            gc_untagged_age: None,
         }
     }
 }

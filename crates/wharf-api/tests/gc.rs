@@ -35,6 +35,7 @@ fn now_grace(secs: u64) -> GcOptions {
         grace: Duration::from_secs(secs),
         dry_run: false,
         sole_collector: false,
+        untagged_age: None,
     }
 }
 
@@ -90,6 +91,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
             grace: Duration::ZERO,
             dry_run: true,
             sole_collector: false,
+            untagged_age: None,
         })
         .await
         .unwrap();
@@ -179,6 +181,7 @@ async fn stress_push_retag_delete_while_collecting() {
                         grace,
                         dry_run: false,
                         sole_collector: false,
+                        untagged_age: None,
                     })
                     .await
                     .unwrap();
@@ -367,4 +370,66 @@ async fn deletes_respect_indexes_and_follow_referrers() {
             assert!(blobs_on_disk(&reg.data).is_empty());
         }
     }
+}
+
+/// The untagged policy: a manifest that lost its tag goes (with its blobs);
+/// a tagged one, and an untagged child of a tagged index, stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn untagged_manifests_policy() {
+    let reg = TestRegistry::builder().spawn().await;
+    let old = random_image("old");
+    let new = random_image("new");
+    let child = random_image("child");
+    push(&reg, "untag/app", "latest", &old).await;
+    push(&reg, "untag/app", "latest", &new).await; // the tag moves: old is untagged
+    for (_, data) in &child.2 {
+        reg.push_blob("untag/app", data).await;
+    }
+    let r = reg
+        .put_manifest("untag/app", &child.1, &child.0, OCI_MANIFEST)
+        .await;
+    assert_eq!(r.status(), 201);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": harness::OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child.1, "size": child.0.len()}],
+    }))
+    .unwrap();
+    let r = reg
+        .put_manifest("untag/app", "multi", &index, harness::OCI_INDEX)
+        .await;
+    assert_eq!(r.status(), 201);
+    let opts = |age: u64, dry_run: bool| GcOptions {
+        grace: Duration::ZERO,
+        dry_run,
+        sole_collector: false,
+        untagged_age: Some(Duration::from_secs(age)),
+    };
+    // Not old enough yet.
+    let r = reg.registry.gc(opts(3600, false)).await.unwrap();
+    assert_eq!((r.manifests, r.blobs), (0, 0));
+    let r = reg.registry.gc(opts(0, true)).await.unwrap();
+    assert_eq!(r.manifests, 1, "dry run");
+    let r = reg.registry.gc(opts(0, false)).await.unwrap();
+    assert_eq!(
+        (r.manifests, r.blobs),
+        (1, 2),
+        "the old image and its two blobs"
+    );
+    let s = reg
+        .status(Method::GET, &format!("/v2/untag/app/manifests/{}", old.1))
+        .await;
+    assert_eq!(s, 404);
+    for reference in ["latest", "multi", child.1.as_str()] {
+        let s = reg
+            .status(Method::GET, &format!("/v2/untag/app/manifests/{reference}"))
+            .await;
+        assert_eq!(s, 200, "{reference}");
+    }
+    let want: BTreeSet<String> = new
+        .2
+        .iter()
+        .chain(&child.2)
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert_eq!(blobs_on_disk(&reg.data), want);
 }

@@ -40,12 +40,18 @@ pub struct GcOptions {
     /// left over from a collection that crashed: take them all over now
     /// rather than after they grow stale.
     pub sole_collector: bool,
+    /// Also delete manifests untagged for longer than this (and not listed by
+    /// an index, nor referrers of a manifest still there) before collecting.
+    pub untagged_age: Option<Duration>,
 }
 
 /// What a collection freed, or would free (`dry_run`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Untagged manifests deleted (a dry run counts the first round only:
+    /// deleting an index frees its children for the next).
+    pub manifests: u64,
     /// Repository → blob links dropped.
     pub links: u64,
     /// Blobs deleted.
@@ -56,6 +62,28 @@ pub struct GcReport {
 }
 
 impl Registry {
+    /// Deletes manifests untagged for longer than `age`, round after round.
+    async fn delete_untagged(&self, age: Duration, dry_run: bool) -> Result<u64, CoreError> {
+        let before = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let mut n = 0;
+        loop {
+            let gone = self.meta.gc_untagged(before, 1000, dry_run).await?;
+            n += gone.len() as u64;
+            for (repo, digest) in &gone {
+                tracing::debug!(%repo, %digest, dry_run, "untagged manifest removed");
+            }
+            if gone.is_empty() || dry_run {
+                break;
+            }
+        }
+        metrics::counter!("wharf_gc_untagged_manifests_deleted_total").increment(if dry_run {
+            0
+        } else {
+            n
+        });
+        Ok(n)
+    }
+
     /// Runs one collection. Only one runs at a time in a process;
     /// `Busy` if one is already running.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport, CoreError> {
@@ -66,10 +94,15 @@ impl Registry {
         };
         let started = Instant::now();
         let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
+        let manifests = match opts.untagged_age {
+            Some(age) => self.delete_untagged(age, opts.dry_run).await?,
+            None => 0,
+        };
         if opts.dry_run {
             let (links, blobs, bytes) = self.meta.gc_estimate(cutoff).await?;
             return Ok(GcReport {
                 dry_run: true,
+                manifests,
                 links,
                 blobs,
                 bytes,
@@ -79,6 +112,7 @@ impl Registry {
         let owner = uuid::Uuid::new_v4().to_string();
         tracing::info!(grace_s = opts.grace.as_secs(), "garbage collection started");
         let mut report = GcReport {
+            manifests,
             links: self.meta.gc_drop_stale_links(cutoff).await?,
             ..GcReport::default()
         };
@@ -142,6 +176,7 @@ impl Registry {
         metrics::gauge!("wharf_gc_last_duration_seconds").set(report.seconds);
         metrics::gauge!("wharf_gc_last_success_timestamp_seconds").set(now_ms() as f64 / 1000.0);
         tracing::info!(
+            manifests = report.manifests,
             links = report.links,
             blobs = report.blobs,
             bytes = report.bytes,

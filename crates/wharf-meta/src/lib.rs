@@ -238,6 +238,17 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Removes the records `owner` marked among `digests`.
     async fn gc_forget(&self, owner: &str, digests: &[Digest]) -> Result<(), MetaError>;
 
+    /// Deletes (or with `dry_run` only lists) up to `limit` manifests that
+    /// have had no tag since before `before_ms`, that no index of their
+    /// repository lists and that are not referrers of a manifest still there.
+    /// Deleting some can make others eligible: call until it returns none.
+    async fn gc_untagged(
+        &self,
+        before_ms: i64,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<Vec<(RepoName, Digest)>, MetaError>;
+
     /// What a collection with this cutoff would delete now: links, blobs, bytes.
     async fn gc_estimate(&self, before_ms: i64) -> Result<(u64, u64, u64), MetaError>;
 }

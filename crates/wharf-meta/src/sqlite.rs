@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_auth.sql"),
     include_str!("../migrations/sqlite/0003_gc.sql"),
+    include_str!("../migrations/sqlite/0004_untagged.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -337,6 +338,30 @@ fn repo_id_for_write(tx: &rusqlite::Transaction<'_>, repo: &str) -> Result<i64, 
         .query_row([repo], |r| r.get(0))?)
 }
 
+/// Records when a manifest lost its last tag.
+fn mark_if_untagged(
+    tx: &rusqlite::Transaction<'_>,
+    repo_id: i64,
+    digest: &str,
+    now: i64,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "UPDATE manifests SET untagged_at = ?3 WHERE repo_id = ?1 AND digest = ?2 \
+         AND untagged_at IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM tags t WHERE t.repo_id = ?1 AND t.manifest_digest = ?2)",
+    )?
+    .execute(params![repo_id, digest, now])?;
+    Ok(())
+}
+
+/// An untagged manifest (`m`) no index of its repository lists and that is not
+/// the referrer of a manifest still there.
+const UNTAGGED_UNUSED: &str = "m.untagged_at IS NOT NULL AND m.untagged_at < ?1 \
+     AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = m.repo_id AND t.manifest_digest = m.digest) \
+     AND NOT EXISTS (SELECT 1 FROM manifest_children mc WHERE mc.repo_id = m.repo_id AND mc.child_digest = m.digest) \
+     AND NOT (m.subject IS NOT NULL AND EXISTS \
+          (SELECT 1 FROM manifests s WHERE s.repo_id = m.repo_id AND s.digest = m.subject))";
+
 /// A link (`repo_blobs`) made before `?1` that no manifest of its repository uses.
 const STALE_LINK: &str = "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
      WHERE mb.repo_id = repo_blobs.repo_id AND mb.blob_digest = repo_blobs.digest)";
@@ -492,8 +517,8 @@ impl MetaStore for SqliteMeta {
                 }
             }
             tx.prepare_cached(
-                "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 repo_id,
@@ -515,11 +540,22 @@ impl MetaStore for SqliteMeta {
                     .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
             }
             if let Some(tag) = tag {
+                let previous: Option<String> = tx
+                    .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                    .query_row(params![repo_id, tag], |r| r.get(0))
+                    .optional()?;
                 tx.prepare_cached(
                     "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT(repo_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
                 )?
                 .execute(params![repo_id, tag, m.digest.as_str(), now])?;
+                tx.prepare_cached(
+                    "UPDATE manifests SET untagged_at = NULL WHERE repo_id = ?1 AND digest = ?2",
+                )?
+                .execute(params![repo_id, m.digest.as_str()])?;
+                if let Some(p) = previous.filter(|p| p != m.digest.as_str()) {
+                    mark_if_untagged(&tx, repo_id, &p, now)?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -644,12 +680,22 @@ impl MetaStore for SqliteMeta {
         let repo = repo_name.clone();
         let changed = self
             .write(move |c| {
-                Ok(c.prepare_cached(
-                    "DELETE FROM tags WHERE name = ?1 \
-                 AND repo_id = (SELECT id FROM repositories WHERE name = ?2)",
-                )?
-                .execute([tag, repo])?
-                    > 0)
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let found: Option<(i64, String)> = tx
+                    .prepare_cached(
+                        "SELECT t.repo_id, t.manifest_digest FROM tags t JOIN repositories r ON r.id = t.repo_id \
+                         WHERE r.name = ?2 AND t.name = ?1",
+                    )?
+                    .query_row([&tag, &repo], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((repo_id, digest)) = found else {
+                    return Ok(false);
+                };
+                tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                    .execute(params![repo_id, tag])?;
+                mark_if_untagged(&tx, repo_id, &digest, now_ms())?;
+                tx.commit()?;
+                Ok(true)
             })
             .await?;
         if changed {
@@ -939,6 +985,56 @@ impl MetaStore for SqliteMeta {
             Ok((links as u64, blobs as u64, bytes as u64))
         })
         .await
+    }
+
+    async fn gc_untagged(
+        &self,
+        before_ms: i64,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<Vec<(RepoName, Digest)>, MetaError> {
+        let select = format!(
+            "SELECT r.name, m.digest, m.repo_id FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE {UNTAGGED_UNUSED} LIMIT ?2"
+        );
+        let rows: Vec<(String, String)> = if dry_run {
+            self.read(move |c| {
+                Ok(c.prepare_cached(&select)?
+                    .query_map(params![before_ms, limit as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<_, _>>()?)
+            })
+            .await?
+        } else {
+            self.write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let found: Vec<(String, String, i64)> = tx
+                    .prepare_cached(&select)?
+                    .query_map(params![before_ms, limit as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                for (_, digest, repo_id) in &found {
+                    tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                        .execute(params![repo_id, digest])?;
+                }
+                tx.commit()?;
+                Ok(found.into_iter().map(|(r, d, _)| (r, d)).collect())
+            })
+            .await?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (repo, digest) in rows {
+            if !dry_run {
+                self.tags.invalidate(&repo);
+            }
+            let name = repo.parse().map_err(|_| {
+                MetaError::Backend(format!("stored repository name {repo:?} is invalid"))
+            })?;
+            out.push((name, parse_digest(&digest)?));
+        }
+        Ok(out)
     }
 }
 

@@ -25,7 +25,8 @@ fn manifest(body: &str, subject: Option<&Digest>, artifact_type: Option<&str>) -
 }
 
 pub async fn run_all(meta: &dyn MetaStore) {
-    // First: its estimates count every blob in the store.
+    // First: these count everything in the store.
+    untagged(meta).await;
     garbage_collection(meta).await;
     blobs(meta).await;
     manifests_need_their_references(meta).await;
@@ -35,6 +36,80 @@ pub async fn run_all(meta: &dyn MetaStore) {
     referrers(meta).await;
     uploads(meta).await;
     repository_delete(meta).await;
+}
+
+/// Untagged manifests: who is eligible, in which round.
+pub async fn untagged(meta: &dyn MetaStore) {
+    let repo = name("untag/app");
+    let none = ManifestRefs::default();
+    let (m1, m2, m3) = (
+        manifest("untag-1", None, None),
+        manifest("untag-2", None, None),
+        manifest("untag-3", None, None),
+    );
+    let c1 = manifest("untag-child", None, None);
+    meta.put_manifest(&repo, &m1, &none, Some(&tag("a")))
+        .await
+        .unwrap();
+    meta.put_manifest(&repo, &m2, &none, None).await.unwrap();
+    meta.put_manifest(&repo, &c1, &none, None).await.unwrap();
+    let i1 = manifest("untag-index", None, None);
+    let children = ManifestRefs {
+        blobs: vec![],
+        children: vec![c1.digest.clone()],
+    };
+    meta.put_manifest(&repo, &i1, &children, None)
+        .await
+        .unwrap();
+    let r1 = manifest("untag-sig-1", Some(&m1.digest), Some("sig"));
+    let r2 = manifest("untag-sig-2", Some(&m2.digest), Some("sig"));
+    meta.put_manifest(&repo, &r1, &none, None).await.unwrap();
+    meta.put_manifest(&repo, &r2, &none, None).await.unwrap();
+    // Tag a moves to m3: m1 has lost its last tag. m3 keeps one.
+    meta.put_manifest(&repo, &m3, &none, Some(&tag("a")))
+        .await
+        .unwrap();
+    meta.put_manifest(&repo, &m3, &none, Some(&tag("b")))
+        .await
+        .unwrap();
+    assert!(meta.delete_tag(&repo, &tag("b")).await.unwrap());
+
+    let far = i64::MAX / 2;
+    let sorted = |mut v: Vec<Digest>| {
+        v.sort();
+        v
+    };
+    let repo_ref = &repo;
+    let round = |dry| async move {
+        let v = meta.gc_untagged(far, 100, dry).await.unwrap();
+        assert!(v.iter().all(|(r, _)| r == repo_ref));
+        sorted(v.into_iter().map(|(_, d)| d).collect())
+    };
+    // Too recent for a cutoff in the past.
+    assert!(meta.gc_untagged(0, 100, false).await.unwrap().is_empty());
+    let first = sorted(vec![
+        m1.digest.clone(),
+        m2.digest.clone(),
+        i1.digest.clone(),
+    ]);
+    assert_eq!(round(true).await, first, "dry run");
+    assert_eq!(round(true).await, first, "a dry run deletes nothing");
+    assert_eq!(round(false).await, first);
+    // Their child and referrers are eligible now; then nothing is.
+    let second = sorted(vec![
+        c1.digest.clone(),
+        r1.digest.clone(),
+        r2.digest.clone(),
+    ]);
+    assert_eq!(round(false).await, second);
+    assert!(round(false).await.is_empty());
+    // The tagged one stays.
+    assert!(
+        meta.manifest_by_tag(&repo, &tag("a"))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 pub async fn repository_delete(meta: &dyn MetaStore) {

@@ -126,6 +126,11 @@ pub struct GcConfig {
     /// the time a push may take between its blobs and its manifest (default `24h`).
     #[serde(serialize_with = "ser_duration")]
     pub grace: Duration,
+    /// `storage.maintenance.untagged.enabled` (default `false`) and `.age`
+    /// (default `168h`): collections also delete manifests untagged for
+    /// longer than `age`, unless an index lists them or they are referrers of
+    /// a manifest still there.
+    pub untagged_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,6 +235,8 @@ const SUPPORTED: &[&str] = &[
     "storage.maintenance.gc.enabled",
     "storage.maintenance.gc.interval",
     "storage.maintenance.gc.grace",
+    "storage.maintenance.untagged.enabled",
+    "storage.maintenance.untagged.age",
     "storage.cache.blobdescriptor",
     "storage.cache.blobdescriptorsize",
     "auth.htpasswd.realm",
@@ -556,6 +563,16 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
                     .unwrap_or(Duration::from_secs(24 * 3600)),
                 grace: get_duration(&doc, "storage.maintenance.gc.grace")?
                     .unwrap_or(Duration::from_secs(24 * 3600)),
+                untagged_age: if get_bool(&doc, "storage.maintenance.untagged.enabled")?
+                    .unwrap_or(false)
+                {
+                    Some(
+                        get_duration(&doc, "storage.maintenance.untagged.age")?
+                            .unwrap_or(Duration::from_secs(168 * 3600)),
+                    )
+                } else {
+                    None
+                },
             },
         },
         log: LogConfig {
@@ -710,6 +727,10 @@ impl Config {
                     "enabled": self.storage.gc.enabled,
                     "interval": format_duration(self.storage.gc.interval),
                     "grace": format_duration(self.storage.gc.grace),
+                },
+                "untagged": {
+                    "enabled": self.storage.gc.untagged_age.is_some(),
+                    "age": self.storage.gc.untagged_age.map(format_duration),
                 }},
             },
         });

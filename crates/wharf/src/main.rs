@@ -122,6 +122,10 @@ struct GcArgs {
     /// storage.maintenance.gc.grace, 24h).
     #[arg(long, value_name = "DURATION")]
     grace: Option<String>,
+    /// Also delete manifests untagged for longer than this, e.g. 168h
+    /// (default: storage.maintenance.untagged, off).
+    #[arg(long, value_name = "DURATION")]
+    untagged_age: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -212,6 +216,7 @@ async fn collect(
     registry: &wharf_core::Registry,
     root: &Path,
     grace: std::time::Duration,
+    untagged_age: Option<std::time::Duration>,
     dry_run: bool,
 ) -> anyhow::Result<Option<wharf_core::GcReport>> {
     let Some(_lock) = try_gc_lock(root)? else {
@@ -222,6 +227,7 @@ async fn collect(
             grace,
             dry_run,
             sole_collector: true,
+            untagged_age,
         })
         .await?;
     Ok(Some(r))
@@ -238,6 +244,10 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         Some(g) => config::parse_duration(&g).context("--grace")?,
         None => cfg.storage.gc.grace,
     };
+    let untagged_age = match args.untagged_age {
+        Some(a) => Some(config::parse_duration(&a).context("--untagged-age")?),
+        None => cfg.storage.gc.untagged_age,
+    };
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,17 +255,18 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let (registry, _) = open_registry(&cfg).await?;
-        let Some(r) = collect(&registry, &cfg.storage.rootdirectory, grace, args.dry_run).await?
+        let Some(r) = collect(&registry, &cfg.storage.rootdirectory, grace, untagged_age, args.dry_run).await?
         else {
             anyhow::bail!("another garbage collection is running on this data directory");
         };
         let verb = if r.dry_run { "would free" } else { "freed" };
         println!(
-            "{verb} {} blobs, {} bytes ({:.1} MiB), {} unused links; {:.2} s",
+            "{verb} {} blobs, {} bytes ({:.1} MiB), {} unused links, {} untagged manifests; {:.2} s",
             r.blobs,
             r.bytes,
             r.bytes as f64 / (1 << 20) as f64,
             r.links,
+            r.manifests,
             r.seconds
         );
         Ok(())
@@ -368,6 +379,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         config: wharf_api::ApiConfig {
             base_url: cfg.http.host.clone(),
             gc_grace: cfg.storage.gc.grace,
+            gc_untagged_age: cfg.storage.gc.untagged_age,
         },
         auth,
     });
@@ -435,7 +447,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
                 tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
             loop {
                 tick.tick().await;
-                match collect(&reg, &gc_root, g.grace, false).await {
+                match collect(&reg, &gc_root, g.grace, g.untagged_age, false).await {
                     Ok(Some(_)) => {}
                     Ok(None) => tracing::info!("another garbage collection is running; skipped"),
                     Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
