@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
                 .delete(delete_project),
         )
         .route("/api/v1/projects/{name}/members", get(list_members))
+        .route("/api/v1/projects/{name}/usage", get(project_usage))
         .route(
             "/api/v1/projects/{name}/members/{user}",
             put(set_member).delete(remove_member),
@@ -899,4 +900,27 @@ async fn delete_repository(
         )
         .await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/projects/<name>/usage`: storage used, a blob shared inside
+/// the project counted once, and per repository.
+async fn project_usage(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    let vis = a.auth.visibility(&a.who).await.map_err(auth_err)?;
+    if !vis.shows(&format!("{name}/x")) || !wharf_oci::is_name_component(&name) {
+        return Err(not_found("project"));
+    }
+    let (bytes, repos) = st.registry.project_usage(&name).await?;
+    ok(
+        StatusCode::OK,
+        json!({
+            "project": name,
+            "bytes": bytes,
+            "repositories": repos.iter().map(|(n, b)| json!({"name": n, "bytes": b})).collect::<Vec<_>>(),
+        }),
+    )
 }

@@ -1133,6 +1133,13 @@ async fn admin_api_rules_and_audit() {
     assert_eq!(v[0]["actor"], "admin");
     let (s, _) = api(&reg, ADMIN, Method::GET, "/audit?since=abc", None).await;
     assert_eq!(s, 400);
+    // Usage: erin sees team's; the pushed image counts.
+    let (s, v) = api(&reg, erin, Method::GET, "/projects/team/usage", None).await;
+    assert_eq!(s, 200);
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["repositories"][0]["name"], "team/app");
+    let (s, _) = api(&reg, erin, Method::GET, "/projects/nope/usage", None).await;
+    assert_eq!(s, 404);
     // Deleting a repository: erin administers team; others may not.
     let (s, _) = api(
         &reg,

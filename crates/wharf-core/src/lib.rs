@@ -185,6 +185,14 @@ impl Registry {
         }
     }
 
+    /// Bytes a project uses (each blob once) and per repository.
+    pub async fn project_usage(
+        &self,
+        project: &str,
+    ) -> Result<(u64, Vec<(String, u64)>), CoreError> {
+        Ok(self.meta.project_usage(project).await?)
+    }
+
     /// Deletes a repository with its manifests, tags, links and upload
     /// sessions; its blobs go with the next garbage collection if nothing
     /// else uses them. `NameUnknown` if it does not exist.

@@ -161,6 +161,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Deletes one tag. Returns whether it existed.
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
 
+    /// Storage used by a project's repositories (`project/...`, or names
+    /// without `/` for `library`): each blob counted once for the whole
+    /// project, plus manifest bytes; and per repository (blobs it links plus
+    /// its manifests), by name.
+    async fn project_usage(&self, project: &str) -> Result<(u64, Vec<(String, u64)>), MetaError>;
+
     /// Deletes a repository: its manifests, tags, blob links and upload
     /// sessions (blobs themselves stay for garbage collection). Returns the
     /// ids of the upload sessions it had, or `None` if it did not exist.

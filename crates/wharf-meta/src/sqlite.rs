@@ -642,6 +642,45 @@ impl MetaStore for SqliteMeta {
         Ok(changed)
     }
 
+    async fn project_usage(&self, project: &str) -> Result<(u64, Vec<(String, u64)>), MetaError> {
+        // `library` holds the one-component names; others their `project/` prefix.
+        let (filter, arg) = if project == "library" {
+            ("r.name NOT LIKE '%/%' AND ?1 = ?1", String::new())
+        } else {
+            let mut p = String::new();
+            for ch in project.chars() {
+                if matches!(ch, '\\' | '%' | '_') {
+                    p.push('\\');
+                }
+                p.push(ch);
+            }
+            ("r.name LIKE ?1 ESCAPE '\\'", format!("{p}/%"))
+        };
+        self.read(move |c| {
+            let total: i64 = c
+                .prepare_cached(&format!(
+                    "SELECT (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN \
+                       (SELECT rb.digest FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id WHERE {filter})) \
+                     + (SELECT coalesce(sum(m.size), 0) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE {filter})"
+                ))?
+                .query_row([&arg], |r| r.get(0))?;
+            let per_repo: Vec<(String, i64)> = c
+                .prepare_cached(&format!(
+                    "SELECT r.name, \
+                       (SELECT coalesce(sum(b.size), 0) FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repo_id = r.id) \
+                     + (SELECT coalesce(sum(m.size), 0) FROM manifests m WHERE m.repo_id = r.id) \
+                     FROM repositories r WHERE {filter} ORDER BY r.name"
+                ))?
+                .query_map([&arg], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok((
+                total as u64,
+                per_repo.into_iter().map(|(n, b)| (n, b as u64)).collect(),
+            ))
+        })
+        .await
+    }
+
     async fn delete_repository(&self, repo: &RepoName) -> Result<Option<Vec<String>>, MetaError> {
         let repo_name = repo.to_string();
         let repo = repo_name.clone();

@@ -36,6 +36,43 @@ pub async fn run_all(meta: &dyn MetaStore) {
     referrers(meta).await;
     uploads(meta).await;
     repository_delete(meta).await;
+    usage(meta).await;
+}
+
+/// Storage accounting: a blob shared inside a project counts once.
+pub async fn usage(meta: &dyn MetaStore) {
+    let (shared, own) = (
+        Digest::sha256_of(b"usage-shared"),
+        Digest::sha256_of(b"usage-own"),
+    );
+    meta.record_blob(&shared, 1000, 1).await.unwrap();
+    meta.record_blob(&own, 10, 1).await.unwrap();
+    let (a, b, other) = (name("use_r/a"), name("use_r/b"), name("user/x"));
+    meta.link_blob(&a, &shared).await.unwrap();
+    meta.link_blob(&b, &shared).await.unwrap();
+    meta.link_blob(&b, &own).await.unwrap();
+    meta.link_blob(&other, &own).await.unwrap();
+    let m = manifest("usage-image", None, None);
+    let refs = ManifestRefs {
+        blobs: vec![shared.clone()],
+        children: vec![],
+    };
+    meta.put_manifest(&a, &m, &refs, Some(&tag("v1")))
+        .await
+        .unwrap();
+    let msize = m.content.len() as u64;
+    let (total, repos) = meta.project_usage("use_r").await.unwrap();
+    assert_eq!(total, 1010 + msize, "the shared blob once");
+    assert_eq!(
+        repos,
+        [
+            ("use_r/a".to_string(), 1000 + msize),
+            ("use_r/b".to_string(), 1010)
+        ]
+    );
+    // `_` in a project name is literal: `user/x` is not in `use_r`.
+    assert_eq!(meta.project_usage("user").await.unwrap().0, 10);
+    assert_eq!(meta.project_usage("nothing").await.unwrap(), (0, vec![]));
 }
 
 /// Untagged manifests: who is eligible, in which round.

@@ -82,6 +82,8 @@ pub enum ProjectCommand {
     },
     /// Delete a project record and its members (repositories stay).
     Rm { name: String },
+    /// Storage the project uses, each blob counted once, and per repository.
+    Usage { name: String },
     /// List, set or remove members.
     #[command(subcommand)]
     Member(MemberCommand),
