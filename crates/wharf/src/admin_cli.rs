@@ -470,6 +470,21 @@ pub fn project(r: Remote, cmd: ProjectCommand) -> anyhow::Result<()> {
                     .await?;
                 println!("deleted project {name}");
             }
+            ProjectCommand::Usage { name } => {
+                let v = api
+                    .call(
+                        Method::GET,
+                        &format!("/projects/{}/usage", seg(&name)),
+                        None,
+                    )
+                    .await?;
+                if api.json {
+                    api.print(&v, &[]);
+                } else {
+                    println!("{name}: {} bytes", v["bytes"]);
+                    api.print(&v["repositories"], &["name", "bytes"]);
+                }
+            }
             ProjectCommand::Member(m) => match m {
                 MemberCommand::List { project } => {
                     let v = api
