@@ -108,6 +108,7 @@ client_auth() {
   check "builtin: ctr push with a wrong password refused" bash -c "! $CTR images push --hosts-dir $w/hosts-builtin --user dev:wrong $REG/team/ctr:2 e2e/x:amd64"
   check "builtin: ctr pull anonymously from the public project" $CTR images pull --hosts-dir "$w/hosts-builtin" "$REG/team/ctr:1"
 
+  check "builtin: project usage counts the pushed images (CLI)" bash -c "$WHARF project usage team | grep -q '^team/app '"
   check "builtin: admin deletes a repository (CLI)" "$WHARF" repo rm team/robot
   check "builtin: the deleted repository is gone" bash -c "! skopeo inspect $c docker://$REG/team/robot:1"
   check "builtin: a developer may not delete repositories" bash -c "! WHARF_USER=dev WHARF_PASSWORD=dev-secret-1 $WHARF repo rm team/app"
