@@ -55,6 +55,14 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/projects/{name}/members", get(list_members))
         .route("/api/v1/projects/{name}/usage", get(project_usage))
         .route(
+            "/api/v1/projects/{name}/policy",
+            get(get_policy).put(put_policy),
+        )
+        .route(
+            "/api/v1/projects/{name}/retention",
+            axum::routing::post(run_retention),
+        )
+        .route(
             "/api/v1/projects/{name}/members/{user}",
             put(set_member).delete(remove_member),
         )
@@ -682,6 +690,7 @@ async fn delete_project(
     if !a.auth.store().delete_project(&name).await.map_err(store)? {
         return Err(not_found("project"));
     }
+    st.registry.set_project_policy(&name, None).await?;
     a.record("project.delete", &name).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -915,12 +924,122 @@ async fn project_usage(
         return Err(not_found("project"));
     }
     let (bytes, repos) = st.registry.project_usage(&name).await?;
+    let quota = st
+        .registry
+        .project_policy(&name)
+        .await?
+        .and_then(|p| p.quota_bytes);
     ok(
         StatusCode::OK,
         json!({
             "project": name,
             "bytes": bytes,
+            "quota_bytes": quota,
             "repositories": repos.iter().map(|(n, b)| json!({"name": n, "bytes": b})).collect::<Vec<_>>(),
         }),
     )
+}
+
+// ---- policy ------------------------------------------------------------------
+
+/// The project must have a record: policies hang off projects.
+async fn existing_project(a: &Admin, name: &str) -> Result<(), ApiError> {
+    match a.auth.store().project(name).await.map_err(store)? {
+        Some(_) => Ok(()),
+        None => Err(not_found("project")),
+    }
+}
+
+/// `GET /api/v1/projects/<name>/policy`: quota, immutability and retention
+/// rules. For the project's admins.
+async fn get_policy(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_project_admin(&name).await?;
+    existing_project(&a, &name).await?;
+    let p = st.registry.project_policy(&name).await?.unwrap_or_default();
+    ok(StatusCode::OK, policy_json(&p)?)
+}
+
+fn policy_json(p: &wharf_core::ProjectPolicy) -> Result<Value, ApiError> {
+    let mut v =
+        serde_json::to_value(p).map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.entry("quota_bytes").or_insert(Value::Null);
+    }
+    Ok(v)
+}
+
+/// `PUT /api/v1/projects/<name>/policy`: replaces the policy. Project admins
+/// set rules; only system administrators change the quota.
+async fn put_policy(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (facts, body_req) = (facts(&req), req);
+    let a = Admin::from(&st, facts).await?;
+    a.require_project_admin(&name).await?;
+    existing_project(&a, &name).await?;
+    let new: wharf_core::ProjectPolicy = body(body_req).await?;
+    let old = st.registry.project_policy(&name).await?.unwrap_or_default();
+    if new.quota_bytes != old.quota_bytes {
+        a.require_admin().map_err(|_| {
+            ApiError::msg(ErrorCode::Denied, "only a system administrator sets quotas")
+        })?;
+    }
+    let stored = (new != wharf_core::ProjectPolicy::default()).then_some(&new);
+    st.registry.set_project_policy(&name, stored).await?;
+    a.record("project.policy", &name).await;
+    ok(StatusCode::OK, policy_json(&new)?)
+}
+
+/// `POST /api/v1/projects/<name>/retention?dry_run=true`: applies the
+/// project's retention rules now, or lists what they would remove.
+async fn run_retention(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_project_admin(&name).await?;
+    existing_project(&a, &name).await?;
+    let q = crate::Query::parse(req.uri().query());
+    let dry_run = match q.get("dry_run") {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(v) => return Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
+    };
+    let r = st.registry.apply_retention(&name, dry_run).await?;
+    if !dry_run {
+        for t in &r.tags {
+            a.auth
+                .audit(
+                    &a.who.actor(),
+                    a.addr,
+                    "retention.delete",
+                    &format!("{}:{}", t.repo, t.tag),
+                    "ok",
+                )
+                .await;
+        }
+    }
+    ok(StatusCode::OK, retention_json(&r))
+}
+
+pub(crate) fn retention_json(r: &wharf_core::RetentionReport) -> Value {
+    json!({
+        "dry_run": r.dry_run,
+        "manifests": r.manifests,
+        "tags": r.tags.iter().map(|t| json!({
+            "repository": t.repo.as_str(),
+            "tag": t.tag,
+            "digest": t.digest.as_str(),
+            "pushed_at": wharf_auth::rfc3339(t.pushed_at_ms / 1000),
+            "pulled_at": t.pulled_at_ms.map(|p| wharf_auth::rfc3339(p / 1000)),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -220,6 +220,8 @@ impl From<CoreError> for ApiError {
             CoreError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             CoreError::Unsupported(_) => ErrorCode::Unsupported,
             CoreError::Body(_) => ErrorCode::BlobUploadInvalid,
+            CoreError::QuotaExceeded(_) | CoreError::Immutable(_) => ErrorCode::Denied,
+            CoreError::InvalidPolicy(_) => ErrorCode::InvalidRequest,
             CoreError::Busy(_) => ErrorCode::TooManyRequests,
             CoreError::Internal(_) => ErrorCode::Unknown,
         };

@@ -67,6 +67,8 @@ pub(crate) async fn get(ctx: Ctx, name: RepoName, reference: Reference) -> ApiRe
     let body = if ctx.method == axum::http::Method::HEAD {
         Body::empty()
     } else {
+        // A GET is a pull (retention's "pulled within"); a HEAD only a check.
+        ctx.st.registry.note_pull(&name, &m.digest);
         Body::from(m.content)
     };
     let mut r = Response::new(body);

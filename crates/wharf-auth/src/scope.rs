@@ -195,10 +195,7 @@ pub fn granted(access: &[AccessEntry], resource: &Resource) -> Actions {
 /// The project a repository belongs to: its first path component, or
 /// `library` for a one-component name (as on Docker Hub).
 pub fn project_of(repo: &RepoName) -> &str {
-    match repo.as_str().split_once('/') {
-        Some((p, _)) => p,
-        None => "library",
-    }
+    repo.project()
 }
 
 #[cfg(test)]

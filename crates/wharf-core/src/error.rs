@@ -38,6 +38,15 @@ pub enum CoreError {
     /// The client went away or sent a broken body; nothing was recorded.
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// The push would take the project past its quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A project rule protects the tag from being moved or deleted.
+    #[error("{0}")]
+    Immutable(String),
+    /// A project policy that cannot be used (bad pattern, zero count).
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
     /// Something else holds what this needs; try again later.
     #[error("{0}")]
     Busy(String),
@@ -49,6 +58,15 @@ impl From<MetaError> for CoreError {
     fn from(e: MetaError) -> Self {
         match e {
             MetaError::Referenced(d) => CoreError::ManifestReferenced(d),
+            MetaError::QuotaExceeded {
+                project,
+                used,
+                adding,
+                limit,
+            } => CoreError::QuotaExceeded(crate::policy::quota_message(
+                &project, used, adding, limit,
+            )),
+            MetaError::Immutable(t) => CoreError::Immutable(format!("tag {t} is immutable")),
             e => CoreError::Internal(e.to_string()),
         }
     }

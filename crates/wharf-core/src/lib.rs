@@ -4,23 +4,26 @@
 //! operation works unchanged on any pair of backends. Request parsing and HTTP
 //! belong to `wharf-api`; this crate speaks in validated types.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Upload};
+use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, PutChecks, Upload};
 use wharf_oci::manifest::MAX_MANIFEST_SIZE;
 use wharf_oci::{Algorithm, Digest, DigestHasher, Manifest, ManifestError, Reference, RepoName};
 use wharf_store::{BlobStore, StoreError};
 
 mod error;
 mod gc;
+mod policy;
 pub use error::CoreError;
 pub use gc::{GcOptions, GcReport};
+pub use policy::{PULL_FLUSH_INTERVAL, RetentionReport};
 pub use wharf_meta::Page;
+pub use wharf_meta::{Keep, ProjectPolicy, RetentionRule, TagInfo, TagRule};
 pub use wharf_store::{BlobRead, ByteStream};
 
 /// Settings of the core that the binary's configuration controls.
@@ -56,6 +59,8 @@ pub struct Registry {
     busy: Mutex<HashSet<String>>,
     /// Held while a garbage collection runs.
     gc_lock: tokio::sync::Mutex<()>,
+    /// Manifest pulls not yet written (see [`Registry::note_pull`]).
+    pulls: Mutex<HashMap<RepoName, HashMap<Digest, i64>>>,
 }
 
 /// Where a chunk claims to start and end (`Content-Range`), if it says.
@@ -109,7 +114,7 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -124,6 +129,7 @@ impl Registry {
             config,
             busy: Mutex::new(HashSet::new()),
             gc_lock: tokio::sync::Mutex::new(()),
+            pulls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,6 +204,9 @@ impl Registry {
     /// else uses them. `NameUnknown` if it does not exist.
     pub async fn delete_repository(&self, repo: &RepoName) -> Result<(), CoreError> {
         self.check_delete()?;
+        if let Some(page) = self.meta.list_tags(repo, None, usize::MAX).await? {
+            self.check_mutable(repo, &page.items).await?;
+        }
         let Some(uploads) = self.meta.delete_repository(repo).await? else {
             return Err(CoreError::NameUnknown);
         };
@@ -297,6 +306,10 @@ impl Registry {
         let _busy = self.claim(id)?;
         let u = self.upload_in(repo, id).await?;
         let size = self.append_locked(&u, range, body).await?;
+        if let Err(e) = self.check_blob_quota(repo, None, size).await {
+            self.drop_upload(&u.id).await;
+            return Err(e);
+        }
         Ok(UploadState { id: u.id, size })
     }
 
@@ -391,6 +404,10 @@ impl Registry {
                 "upload has digest {actual}, not {digest}"
             )));
         }
+        if let Err(e) = self.check_blob_quota(repo, Some(digest), u.size).await {
+            self.drop_upload(&u.id).await;
+            return Err(e);
+        }
         self.record_blob(digest, u.size).await?;
         self.blobs.commit_upload(&u.id, u.size, digest).await?;
         self.meta.link_blob(repo, digest).await?;
@@ -415,6 +432,17 @@ impl Registry {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Removes a refused upload's session and bytes: a refused push leaves
+    /// nothing behind.
+    async fn drop_upload(&self, id: &str) {
+        if let Err(e) = self.meta.delete_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "removing a refused upload's record failed");
+        }
+        if let Err(e) = self.blobs.delete_upload(id).await {
+            tracing::warn!(upload = %id, error = %e, "removing a refused upload's data failed");
         }
     }
 
@@ -529,12 +557,27 @@ impl Registry {
             Reference::Tag(t) => Some(t),
             Reference::Digest(_) => None,
         };
+        let mut checks = PutChecks::default();
+        if let Some(p) = self.policy(repo.project()).await? {
+            checks.quota = p.quota.map(|q| (repo.project().to_owned(), q));
+            checks.immutable_tag = tag.is_some_and(|t| p.is_immutable(repo, t.as_str()));
+        }
         self.meta
-            .put_manifest(repo, &record, &ManifestRefs { blobs, children }, tag)
+            .put_manifest_checked(
+                repo,
+                &record,
+                &ManifestRefs { blobs, children },
+                tag,
+                &checks,
+            )
             .await
             .map_err(|e| match e {
                 MetaError::MissingBlob(d) => CoreError::ManifestBlobUnknown(d),
                 MetaError::MissingManifest(d) => CoreError::ManifestChildUnknown(d),
+                MetaError::Immutable(t) => CoreError::Immutable(format!(
+                    "tag {t} of {repo} is immutable (a rule of project {}): push under a new tag",
+                    repo.project()
+                )),
                 other => other.into(),
             })?;
         Ok(PutManifestResult { digest, subject })
@@ -548,8 +591,13 @@ impl Registry {
     ) -> Result<(), CoreError> {
         self.check_delete()?;
         let found = match reference {
-            Reference::Tag(t) => self.meta.delete_tag(repo, t).await?,
+            Reference::Tag(t) => {
+                self.check_mutable(repo, &[t.to_string()]).await?;
+                self.meta.delete_tag(repo, t).await?
+            }
             Reference::Digest(d) => {
+                let tags = self.meta.manifest_tags(repo, d).await?;
+                self.check_mutable(repo, &tags).await?;
                 // The subject first: if an index still lists it, nothing goes.
                 let found = self.meta.delete_manifest(repo, d).await?;
                 if found && self.config.delete_referrers {
@@ -572,6 +620,11 @@ impl Registry {
             let mut next = Vec::new();
             for s in &level {
                 for r in self.meta.referrers(repo, s, None).await? {
+                    // A referrer under an immutable tag stays, orphaned.
+                    let tags = self.meta.manifest_tags(repo, &r.digest).await?;
+                    if let Err(CoreError::Immutable(_)) = self.check_mutable(repo, &tags).await {
+                        continue;
+                    }
                     match self.meta.delete_manifest(repo, &r.digest).await {
                         Ok(_) => next.push(r.digest),
                         // Also a child of an index: the index keeps it.

@@ -37,8 +37,97 @@ pub enum MetaError {
     /// A record the operation refers to does not exist.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// Storing the manifest would take its project past its quota.
+    #[error(
+        "quota of project {project} exceeded: {used} bytes used, {adding} more needed, {limit} allowed"
+    )]
+    QuotaExceeded {
+        project: String,
+        used: u64,
+        adding: u64,
+        limit: u64,
+    },
+    /// The tag exists and may not be moved to another manifest.
+    #[error("tag {0} is immutable")]
+    Immutable(String),
     #[error("metadata backend error: {0}")]
     Backend(String),
+}
+
+/// Conditions a manifest must meet to be stored, checked in the same
+/// transaction as the store.
+#[derive(Debug, Clone, Default)]
+pub struct PutChecks {
+    /// The repository's project and its quota in bytes: the project's usage
+    /// (see [`MetaStore::project_usage`]) after the store may not exceed it
+    /// unless the manifest adds nothing.
+    pub quota: Option<(String, u64)>,
+    /// The tag, if it exists, must already point at this manifest.
+    pub immutable_tag: bool,
+}
+
+/// Per-project rules. Stored as given; `wharf-core` validates patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPolicy {
+    /// Most bytes the project may use; none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// Tags matching any of these may not be overwritten or deleted.
+    #[serde(default)]
+    pub immutable: Vec<TagRule>,
+    /// Which tags retention keeps; empty means retention is off.
+    #[serde(default)]
+    pub retention: Vec<RetentionRule>,
+}
+
+/// Repositories (relative to the project, e.g. `app/**`) and tags, as globs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRule {
+    #[serde(default = "any_pattern")]
+    pub repositories: String,
+    pub tags: String,
+}
+
+/// Keeps the tags matching `repositories`/`tags` that `keep` selects.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    #[serde(default = "any_pattern")]
+    pub repositories: String,
+    #[serde(default = "any_pattern")]
+    pub tags: String,
+    pub keep: Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Keep {
+    /// Every matching tag.
+    Always,
+    /// The N most recently pushed matching tags of each repository.
+    Newest(u32),
+    /// Matching tags pushed within N days.
+    PushedWithinDays(u32),
+    /// Matching tags whose manifest was pulled within N days.
+    PulledWithinDays(u32),
+}
+
+fn any_pattern() -> String {
+    "**".into()
+}
+
+/// A tag with the times retention decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    pub repo: RepoName,
+    pub tag: String,
+    pub digest: Digest,
+    /// When the tag was last pushed (set or re-set), ms.
+    pub pushed_at_ms: i64,
+    /// When its manifest was last pulled in this repository, ms, if ever.
+    pub pulled_at_ms: Option<i64>,
 }
 
 /// A stored manifest.
@@ -138,6 +227,20 @@ pub trait MetaStore: Send + Sync + 'static {
         manifest: &ManifestRecord,
         refs: &ManifestRefs,
         tag: Option<&Tag>,
+    ) -> Result<(), MetaError> {
+        self.put_manifest_checked(repo, manifest, refs, tag, &PutChecks::default())
+            .await
+    }
+
+    /// [`put_manifest`](Self::put_manifest) that also enforces `checks`:
+    /// `QuotaExceeded` or `Immutable`, and nothing stored, when one fails.
+    async fn put_manifest_checked(
+        &self,
+        repo: &RepoName,
+        manifest: &ManifestRecord,
+        refs: &ManifestRefs,
+        tag: Option<&Tag>,
+        checks: &PutChecks,
     ) -> Result<(), MetaError>;
 
     /// The manifest a tag points at.
@@ -162,10 +265,49 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, MetaError>;
 
     /// Storage used by a project's repositories (`project/...`, or names
-    /// without `/` for `library`): each blob counted once for the whole
-    /// project, plus manifest bytes; and per repository (blobs it links plus
-    /// its manifests), by name.
+    /// without `/` for `library`): the blobs its manifests reference, each
+    /// counted once for the whole project, plus manifest bytes; and per
+    /// repository, by name. Blobs no manifest references (an upload whose
+    /// manifest has not come) do not count.
     async fn project_usage(&self, project: &str) -> Result<(u64, Vec<(String, u64)>), MetaError>;
+
+    /// The project's policy as last set, if any.
+    async fn project_policy(&self, project: &str) -> Result<Option<ProjectPolicy>, MetaError>;
+
+    /// Sets (or with `None` removes) a project's policy.
+    async fn set_project_policy(
+        &self,
+        project: &str,
+        policy: Option<&ProjectPolicy>,
+    ) -> Result<(), MetaError>;
+
+    /// Every project that has a policy, by name.
+    async fn project_policies(&self) -> Result<Vec<(String, ProjectPolicy)>, MetaError>;
+
+    /// Every tag of a project's repositories with its push and pull times,
+    /// ordered by repository, then newest push first.
+    async fn project_tags(&self, project: &str) -> Result<Vec<TagInfo>, MetaError>;
+
+    /// The tags of `repo` that point at `digest`, sorted.
+    async fn manifest_tags(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<String>, MetaError>;
+
+    /// Records manifest pulls: `(repo, digest, when_ms)`; a time never moves
+    /// back, and manifests that are gone are skipped.
+    async fn record_pulls(&self, pulls: &[(RepoName, Digest, i64)]) -> Result<(), MetaError>;
+
+    /// Deletes `tag` if it still points at `digest`; then, if that left the
+    /// manifest with no tag and no index of the repository lists it, the
+    /// manifest too. Returns (tag deleted, manifest deleted).
+    async fn delete_tag_and_untagged(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<(bool, bool), MetaError>;
 
     /// Deletes a repository: its manifests, tags, blob links and upload
     /// sessions (blobs themselves stay for garbage collection). Returns the

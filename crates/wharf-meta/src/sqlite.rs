@@ -18,7 +18,10 @@ use wharf_oci::{Digest, RepoName, Tag};
 
 mod auth;
 
-use crate::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, Referrer, Upload};
+use crate::{
+    ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, ProjectPolicy, PutChecks, Referrer,
+    TagInfo, Upload,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last.
 const MIGRATIONS: &[&str] = &[
@@ -26,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_auth.sql"),
     include_str!("../migrations/sqlite/0003_gc.sql"),
     include_str!("../migrations/sqlite/0004_untagged.sql"),
+    include_str!("../migrations/sqlite/0005_policy.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -354,6 +358,87 @@ fn mark_if_untagged(
     Ok(())
 }
 
+/// The SQL condition selecting a project's repositories (`r`), and its argument.
+fn project_filter(project: &str) -> (&'static str, String) {
+    // `library` holds the one-component names; others their `project/` prefix.
+    if project == "library" {
+        ("r.name NOT LIKE '%/%' AND ?1 = ?1", String::new())
+    } else {
+        let mut p = String::new();
+        for ch in project.chars() {
+            if matches!(ch, '\\' | '%' | '_') {
+                p.push('\\');
+            }
+            p.push(ch);
+        }
+        ("r.name LIKE ?1 ESCAPE '\\'", format!("{p}/%"))
+    }
+}
+
+/// Bytes a project uses: blobs its manifests reference, once each, plus
+/// manifest bytes.
+fn project_total(c: &Connection, project: &str) -> Result<u64, MetaError> {
+    let (filter, arg) = project_filter(project);
+    let total: i64 = c
+        .prepare_cached(&format!(
+            "SELECT (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN \
+               (SELECT mb.blob_digest FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repo_id WHERE {filter})) \
+             + (SELECT coalesce(sum(m.size), 0) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE {filter})"
+        ))?
+        .query_row([&arg], |r| r.get(0))?;
+    Ok(total as u64)
+}
+
+/// `QuotaExceeded` if storing manifest `m` of `repo_id` (with `blobs`) would
+/// take `project` past `limit`. A manifest that adds nothing always passes,
+/// so re-tagging works in a project over its quota.
+fn check_quota(
+    tx: &rusqlite::Transaction<'_>,
+    project: &str,
+    limit: u64,
+    repo_id: i64,
+    m: &ManifestRecord,
+    blobs: &[Digest],
+) -> Result<(), MetaError> {
+    let (filter, arg) = project_filter(project);
+    let mut adding = 0u64;
+    let exists: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+        .query_row(params![repo_id, m.digest.as_str()], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        adding += m.content.len() as u64;
+    }
+    let mut counted = tx.prepare_cached(&format!(
+        "SELECT 1 FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repo_id \
+         WHERE mb.blob_digest = ?2 AND {filter} LIMIT 1"
+    ))?;
+    for b in blobs {
+        let found: Option<i64> = counted
+            .query_row(params![arg, b.as_str()], |r| r.get(0))
+            .optional()?;
+        if found.is_none() {
+            let size: i64 = tx
+                .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+                .query_row([b.as_str()], |r| r.get(0))?;
+            adding += size as u64;
+        }
+    }
+    if adding == 0 {
+        return Ok(());
+    }
+    let used = project_total(tx, project)?;
+    if used.saturating_add(adding) > limit {
+        return Err(MetaError::QuotaExceeded {
+            project: project.to_owned(),
+            used,
+            adding,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// An untagged manifest (`m`) no index of its repository lists and that is not
 /// the referrer of a manifest still there.
 const UNTAGGED_UNUSED: &str = "m.untagged_at IS NOT NULL AND m.untagged_at < ?1 \
@@ -479,25 +564,41 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
-    async fn put_manifest(
+    async fn put_manifest_checked(
         &self,
         repo: &RepoName,
         m: &ManifestRecord,
         refs: &ManifestRefs,
         tag: Option<&Tag>,
+        checks: &PutChecks,
     ) -> Result<(), MetaError> {
         let tagged = tag.is_some();
-        let (repo_name, m, refs, tag) = (
+        let (repo_name, m, refs, tag, checks) = (
             repo.to_string(),
             m.clone(),
             refs.clone(),
             tag.map(Tag::to_string),
+            checks.clone(),
         );
         let repo = repo_name.clone();
         let r = self.write(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let repo_id = repo_id_for_write(&tx, &repo)?;
+            if checks.immutable_tag
+                && let Some(tag) = &tag
+            {
+                let current: Option<String> = tx
+                    .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                    .query_row(params![repo_id, tag], |r| r.get(0))
+                    .optional()?;
+                if current.is_some_and(|d| d != m.digest.as_str()) {
+                    return Err(MetaError::Immutable(tag.clone()));
+                }
+            }
+            if let Some((project, limit)) = &checks.quota {
+                check_quota(&tx, project, *limit, repo_id, &m, &refs.blobs)?;
+            }
             for b in &refs.blobs {
                 let found: Option<i64> = tx
                     .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
@@ -643,42 +744,201 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn project_usage(&self, project: &str) -> Result<(u64, Vec<(String, u64)>), MetaError> {
-        // `library` holds the one-component names; others their `project/` prefix.
-        let (filter, arg) = if project == "library" {
-            ("r.name NOT LIKE '%/%' AND ?1 = ?1", String::new())
-        } else {
-            let mut p = String::new();
-            for ch in project.chars() {
-                if matches!(ch, '\\' | '%' | '_') {
-                    p.push('\\');
-                }
-                p.push(ch);
-            }
-            ("r.name LIKE ?1 ESCAPE '\\'", format!("{p}/%"))
-        };
+        let project = project.to_owned();
         self.read(move |c| {
-            let total: i64 = c
-                .prepare_cached(&format!(
-                    "SELECT (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN \
-                       (SELECT rb.digest FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id WHERE {filter})) \
-                     + (SELECT coalesce(sum(m.size), 0) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE {filter})"
-                ))?
-                .query_row([&arg], |r| r.get(0))?;
+            let total = project_total(c, &project)?;
+            let (filter, arg) = project_filter(&project);
             let per_repo: Vec<(String, i64)> = c
                 .prepare_cached(&format!(
                     "SELECT r.name, \
-                       (SELECT coalesce(sum(b.size), 0) FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repo_id = r.id) \
+                       (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN \
+                          (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.repo_id = r.id)) \
                      + (SELECT coalesce(sum(m.size), 0) FROM manifests m WHERE m.repo_id = r.id) \
                      FROM repositories r WHERE {filter} ORDER BY r.name"
                 ))?
                 .query_map([&arg], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             Ok((
-                total as u64,
+                total,
                 per_repo.into_iter().map(|(n, b)| (n, b as u64)).collect(),
             ))
         })
         .await
+    }
+
+    async fn project_policy(&self, project: &str) -> Result<Option<ProjectPolicy>, MetaError> {
+        let project = project.to_owned();
+        let json: Option<String> = self
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT policy FROM project_policies WHERE project = ?1")?
+                        .query_row([&project], |r| r.get(0))
+                        .optional()?,
+                )
+            })
+            .await?;
+        json.map(|j| serde_json::from_str(&j).map_err(backend))
+            .transpose()
+    }
+
+    async fn set_project_policy(
+        &self,
+        project: &str,
+        policy: Option<&ProjectPolicy>,
+    ) -> Result<(), MetaError> {
+        let project = project.to_owned();
+        let json = policy
+            .map(|p| serde_json::to_string(p).map_err(backend))
+            .transpose()?;
+        self.write(move |c| {
+            match json {
+                Some(j) => c
+                    .prepare_cached(
+                        "INSERT INTO project_policies (project, policy, updated_at) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(project) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![project, j, now_ms()])?,
+                None => c
+                    .prepare_cached("DELETE FROM project_policies WHERE project = ?1")?
+                    .execute([project])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn project_policies(&self) -> Result<Vec<(String, ProjectPolicy)>, MetaError> {
+        let rows: Vec<(String, String)> = self
+            .read(|c| {
+                Ok(c.prepare_cached(
+                    "SELECT project, policy FROM project_policies ORDER BY project",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(n, j)| Ok((n, serde_json::from_str(&j).map_err(backend)?)))
+            .collect()
+    }
+
+    async fn project_tags(&self, project: &str) -> Result<Vec<TagInfo>, MetaError> {
+        let project = project.to_owned();
+        let rows: Vec<(String, String, String, i64, Option<i64>)> = self
+            .read(move |c| {
+                let (filter, arg) = project_filter(&project);
+                Ok(c.prepare_cached(&format!(
+                    "SELECT r.name, t.name, t.manifest_digest, t.updated_at, m.pulled_at \
+                     FROM tags t JOIN repositories r ON r.id = t.repo_id \
+                     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.manifest_digest \
+                     WHERE {filter} ORDER BY r.name, t.updated_at DESC, t.name"
+                ))?
+                .query_map([&arg], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(repo, tag, digest, pushed, pulled)| {
+                Ok(TagInfo {
+                    repo: repo.parse().map_err(backend)?,
+                    tag,
+                    digest: parse_digest(&digest)?,
+                    pushed_at_ms: pushed,
+                    pulled_at_ms: pulled,
+                })
+            })
+            .collect()
+    }
+
+    async fn manifest_tags(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<String>, MetaError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id \
+                 WHERE r.name = ?1 AND t.manifest_digest = ?2 ORDER BY t.name",
+            )?
+            .query_map([repo, digest], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn record_pulls(&self, pulls: &[(RepoName, Digest, i64)]) -> Result<(), MetaError> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        let pulls: Vec<(String, String, i64)> = pulls
+            .iter()
+            .map(|(r, d, t)| (r.to_string(), d.to_string(), *t))
+            .collect();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE manifests SET pulled_at = ?3 WHERE digest = ?2 \
+                     AND repo_id = (SELECT id FROM repositories WHERE name = ?1) \
+                     AND (pulled_at IS NULL OR pulled_at < ?3)",
+                )?;
+                for (r, d, t) in &pulls {
+                    st.execute(params![r, d, t])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_tag_and_untagged(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<(bool, bool), MetaError> {
+        let (repo_name, tag, digest) = (repo.to_string(), tag.to_string(), digest.to_string());
+        let repo = repo_name.clone();
+        let out = self
+            .write(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let Some(repo_id): Option<i64> = tx
+                    .prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
+                    .query_row([&repo], |r| r.get(0))
+                    .optional()?
+                else {
+                    return Ok((false, false));
+                };
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM tags WHERE repo_id = ?1 AND name = ?2 AND manifest_digest = ?3",
+                    )?
+                    .execute(params![repo_id, tag, digest])?;
+                if n == 0 {
+                    return Ok((false, false));
+                }
+                let m = tx
+                    .prepare_cached(
+                        "DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2 \
+                         AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = ?1 AND t.manifest_digest = ?2) \
+                         AND NOT EXISTS (SELECT 1 FROM manifest_children mc WHERE mc.repo_id = ?1 AND mc.child_digest = ?2)",
+                    )?
+                    .execute(params![repo_id, digest])?;
+                if m == 0 {
+                    mark_if_untagged(&tx, repo_id, &digest, now_ms())?;
+                }
+                tx.commit()?;
+                Ok((true, m > 0))
+            })
+            .await?;
+        if out.0 {
+            self.tags.invalidate(&repo_name);
+        }
+        Ok(out)
     }
 
     async fn delete_repository(&self, repo: &RepoName) -> Result<Option<Vec<String>>, MetaError> {

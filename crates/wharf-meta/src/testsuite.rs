@@ -3,7 +3,10 @@
 
 use wharf_oci::{Digest, RepoName, Tag};
 
-use crate::{ManifestRecord, ManifestRefs, MetaError, MetaStore, Upload};
+use crate::{
+    Keep, ManifestRecord, ManifestRefs, MetaError, MetaStore, ProjectPolicy, PutChecks,
+    RetentionRule, TagRule, Upload,
+};
 
 fn name(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -37,42 +40,356 @@ pub async fn run_all(meta: &dyn MetaStore) {
     uploads(meta).await;
     repository_delete(meta).await;
     usage(meta).await;
+    policies(meta).await;
+    quota(meta).await;
+    immutable_tags(meta).await;
+    retention_queries(meta).await;
 }
 
-/// Storage accounting: a blob shared inside a project counts once.
+/// Storage accounting: what manifests reference, a blob shared inside a
+/// project once; links no manifest uses do not count.
 pub async fn usage(meta: &dyn MetaStore) {
-    let (shared, own) = (
+    let (shared, own, pending) = (
         Digest::sha256_of(b"usage-shared"),
         Digest::sha256_of(b"usage-own"),
+        Digest::sha256_of(b"usage-pending"),
     );
     meta.record_blob(&shared, 1000, 1).await.unwrap();
     meta.record_blob(&own, 10, 1).await.unwrap();
+    meta.record_blob(&pending, 5000, 1).await.unwrap();
     let (a, b, other) = (name("use_r/a"), name("use_r/b"), name("user/x"));
     meta.link_blob(&a, &shared).await.unwrap();
+    meta.link_blob(&a, &pending).await.unwrap();
     meta.link_blob(&b, &shared).await.unwrap();
     meta.link_blob(&b, &own).await.unwrap();
     meta.link_blob(&other, &own).await.unwrap();
     let m = manifest("usage-image", None, None);
-    let refs = ManifestRefs {
-        blobs: vec![shared.clone()],
-        children: vec![],
-    };
-    meta.put_manifest(&a, &m, &refs, Some(&tag("v1")))
-        .await
-        .unwrap();
-    let msize = m.content.len() as u64;
+    meta.put_manifest(
+        &a,
+        &m,
+        &ManifestRefs {
+            blobs: vec![shared.clone()],
+            children: vec![],
+        },
+        Some(&tag("v1")),
+    )
+    .await
+    .unwrap();
+    let m2 = manifest("usage-image-2", None, None);
+    meta.put_manifest(
+        &b,
+        &m2,
+        &ManifestRefs {
+            blobs: vec![shared.clone(), own.clone()],
+            children: vec![],
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let m3 = manifest("usage-image-3", None, None);
+    meta.put_manifest(
+        &other,
+        &m3,
+        &ManifestRefs {
+            blobs: vec![own.clone()],
+            children: vec![],
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let (ms, ms2) = (m.content.len() as u64, m2.content.len() as u64);
     let (total, repos) = meta.project_usage("use_r").await.unwrap();
-    assert_eq!(total, 1010 + msize, "the shared blob once");
+    assert_eq!(
+        total,
+        1010 + ms + ms2,
+        "the shared blob once, the pending one not"
+    );
     assert_eq!(
         repos,
         [
-            ("use_r/a".to_string(), 1000 + msize),
-            ("use_r/b".to_string(), 1010)
+            ("use_r/a".to_string(), 1000 + ms),
+            ("use_r/b".to_string(), 1010 + ms2)
         ]
     );
     // `_` in a project name is literal: `user/x` is not in `use_r`.
-    assert_eq!(meta.project_usage("user").await.unwrap().0, 10);
+    assert_eq!(
+        meta.project_usage("user").await.unwrap().0,
+        10 + m3.content.len() as u64
+    );
     assert_eq!(meta.project_usage("nothing").await.unwrap(), (0, vec![]));
+    // Deleting the image frees its share at once (before any collection).
+    meta.delete_manifest(&b, &m2.digest).await.unwrap();
+    assert_eq!(meta.project_usage("use_r").await.unwrap().0, 1000 + ms);
+}
+
+/// Policies are stored and returned as given, per project.
+pub async fn policies(meta: &dyn MetaStore) {
+    assert_eq!(meta.project_policy("pol").await.unwrap(), None);
+    let p = ProjectPolicy {
+        quota_bytes: Some(1 << 30),
+        immutable: vec![TagRule {
+            repositories: "**".into(),
+            tags: "v*".into(),
+        }],
+        retention: vec![RetentionRule {
+            repositories: "app".into(),
+            tags: "**".into(),
+            keep: Keep::Newest(3),
+        }],
+    };
+    meta.set_project_policy("pol", Some(&p)).await.unwrap();
+    meta.set_project_policy("pol2", Some(&ProjectPolicy::default()))
+        .await
+        .unwrap();
+    assert_eq!(meta.project_policy("pol").await.unwrap(), Some(p.clone()));
+    let all = meta.project_policies().await.unwrap();
+    assert!(all.contains(&("pol".to_string(), p.clone())));
+    assert!(all.iter().any(|(n, _)| n == "pol2"));
+    let mut q = p.clone();
+    q.quota_bytes = None;
+    meta.set_project_policy("pol", Some(&q)).await.unwrap();
+    assert_eq!(meta.project_policy("pol").await.unwrap(), Some(q));
+    meta.set_project_policy("pol", None).await.unwrap();
+    meta.set_project_policy("pol2", None).await.unwrap();
+    assert_eq!(meta.project_policy("pol").await.unwrap(), None);
+    assert!(
+        meta.project_policies()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(n, _)| n != "pol")
+    );
+}
+
+/// A quota check counts what the manifest adds and refuses it whole.
+pub async fn quota(meta: &dyn MetaStore) {
+    let (r1, r2) = (name("quo/a"), name("quo/b"));
+    let (big, small) = (
+        Digest::sha256_of(b"quota-big"),
+        Digest::sha256_of(b"quota-small"),
+    );
+    meta.record_blob(&big, 1000, 1).await.unwrap();
+    meta.record_blob(&small, 100, 1).await.unwrap();
+    for r in [&r1, &r2] {
+        meta.link_blob(r, &big).await.unwrap();
+        meta.link_blob(r, &small).await.unwrap();
+    }
+    let m1 = manifest("quota-1", None, None);
+    let refs = |b: &[&Digest]| ManifestRefs {
+        blobs: b.iter().map(|d| (*d).clone()).collect(),
+        children: vec![],
+    };
+    let limit = |n: u64| PutChecks {
+        quota: Some(("quo".into(), n)),
+        immutable_tag: false,
+    };
+    let m1s = m1.content.len() as u64;
+    // 1000 + manifest does not fit in 1000.
+    match meta
+        .put_manifest_checked(&r1, &m1, &refs(&[&big]), Some(&tag("v1")), &limit(1000))
+        .await
+    {
+        Err(MetaError::QuotaExceeded {
+            used,
+            adding,
+            limit,
+            ..
+        }) => assert_eq!((used, adding, limit), (0, 1000 + m1s, 1000)),
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert!(
+        meta.manifest_by_digest(&r1, &m1.digest)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(meta.list_tags(&r1, None, 10).await.unwrap().is_none());
+    meta.put_manifest_checked(
+        &r1,
+        &m1,
+        &refs(&[&big]),
+        Some(&tag("v1")),
+        &limit(1000 + m1s),
+    )
+    .await
+    .unwrap();
+    // The same blob in another repository of the project costs only the manifest.
+    let m2 = manifest("quota-2", None, None);
+    let m2s = m2.content.len() as u64;
+    let at_limit = 1000 + m1s + m2s;
+    meta.put_manifest_checked(&r2, &m2, &refs(&[&big]), None, &limit(at_limit))
+        .await
+        .unwrap();
+    // Full: a new blob does not fit, re-tagging what is there does.
+    let m3 = manifest("quota-3", None, None);
+    assert!(matches!(
+        meta.put_manifest_checked(&r2, &m3, &refs(&[&small]), None, &limit(at_limit))
+            .await,
+        Err(MetaError::QuotaExceeded { adding, .. }) if adding == 100 + m3.content.len() as u64
+    ));
+    meta.put_manifest_checked(
+        &r2,
+        &m2,
+        &refs(&[&big]),
+        Some(&tag("again")),
+        &limit(at_limit),
+    )
+    .await
+    .unwrap();
+    assert_eq!(meta.project_usage("quo").await.unwrap().0, at_limit);
+}
+
+/// An immutable tag is not moved; pushing the manifest it has is fine.
+pub async fn immutable_tags(meta: &dyn MetaStore) {
+    let r = name("imm/app");
+    let (m1, m2) = (manifest("imm-1", None, None), manifest("imm-2", None, None));
+    let none = ManifestRefs::default();
+    let guard = PutChecks {
+        quota: None,
+        immutable_tag: true,
+    };
+    meta.put_manifest_checked(&r, &m1, &none, Some(&tag("v1")), &guard)
+        .await
+        .unwrap();
+    meta.put_manifest_checked(&r, &m1, &none, Some(&tag("v1")), &guard)
+        .await
+        .unwrap();
+    assert!(matches!(
+        meta.put_manifest_checked(&r, &m2, &none, Some(&tag("v1")), &guard)
+            .await,
+        Err(MetaError::Immutable(t)) if t == "v1"
+    ));
+    assert_eq!(
+        meta.manifest_by_tag(&r, &tag("v1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        m1.digest
+    );
+    assert!(
+        meta.manifest_by_digest(&r, &m2.digest)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    meta.put_manifest(&r, &m1, &none, Some(&tag("v0")))
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_tags(&r, &m1.digest).await.unwrap(),
+        ["v0", "v1"]
+    );
+    assert!(meta.manifest_tags(&r, &m2.digest).await.unwrap().is_empty());
+}
+
+/// What retention reads (push and pull times) and how it deletes.
+pub async fn retention_queries(meta: &dyn MetaStore) {
+    let (a, b) = (name("ret/a"), name("ret/sub/b"));
+    let none = ManifestRefs::default();
+    let (m1, m2, m3) = (
+        manifest("ret-1", None, None),
+        manifest("ret-2", None, None),
+        manifest("ret-3", None, None),
+    );
+    // Push times are in ms: apart, so that the order is the push order.
+    meta.put_manifest(&a, &m1, &none, Some(&tag("old")))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    meta.put_manifest(&a, &m1, &none, Some(&tag("old-alias")))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    meta.put_manifest(&a, &m2, &none, Some(&tag("new")))
+        .await
+        .unwrap();
+    meta.put_manifest(&b, &m3, &none, Some(&tag("x")))
+        .await
+        .unwrap();
+    let idx = manifest("ret-index", None, None);
+    meta.put_manifest(
+        &b,
+        &idx,
+        &ManifestRefs {
+            blobs: vec![],
+            children: vec![m3.digest.clone()],
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    meta.record_pulls(&[
+        (a.clone(), m2.digest.clone(), 5000),
+        (a.clone(), m2.digest.clone(), 4000),
+        (a.clone(), Digest::sha256_of(b"gone"), 7000),
+    ])
+    .await
+    .unwrap();
+    meta.record_pulls(&[(a.clone(), m2.digest.clone(), 3000)])
+        .await
+        .unwrap();
+    let tags = meta.project_tags("ret").await.unwrap();
+    let got: Vec<(&str, &str, Option<i64>)> = tags
+        .iter()
+        .map(|t| (t.repo.as_str(), t.tag.as_str(), t.pulled_at_ms))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("ret/a", "new", Some(5000)),
+            ("ret/a", "old-alias", None),
+            ("ret/a", "old", None),
+            ("ret/sub/b", "x", None)
+        ],
+        "by repository, newest push first, pull times never moving back"
+    );
+    assert!(tags[0].pushed_at_ms > tags[2].pushed_at_ms);
+    // Not at that digest any more: nothing happens.
+    assert_eq!(
+        meta.delete_tag_and_untagged(&a, &tag("new"), &m1.digest)
+            .await
+            .unwrap(),
+        (false, false)
+    );
+    // Another tag still points at m1: only the tag goes.
+    assert_eq!(
+        meta.delete_tag_and_untagged(&a, &tag("old"), &m1.digest)
+            .await
+            .unwrap(),
+        (true, false)
+    );
+    assert_eq!(
+        meta.delete_tag_and_untagged(&a, &tag("old-alias"), &m1.digest)
+            .await
+            .unwrap(),
+        (true, true)
+    );
+    assert!(
+        meta.manifest_by_digest(&a, &m1.digest)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // An index lists m3: it stays, untagged.
+    assert_eq!(
+        meta.delete_tag_and_untagged(&b, &tag("x"), &m3.digest)
+            .await
+            .unwrap(),
+        (true, false)
+    );
+    assert!(
+        meta.manifest_by_digest(&b, &m3.digest)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        meta.list_tags(&a, None, 10).await.unwrap().unwrap().items,
+        ["new"]
+    );
 }
 
 /// Untagged manifests: who is eligible, in which round.

@@ -24,6 +24,18 @@ impl RepoName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The project the repository belongs to: its first path component, or
+    /// `library` for a one-component name (as on Docker Hub).
+    pub fn project(&self) -> &str {
+        self.0.split_once('/').map_or("library", |(p, _)| p)
+    }
+
+    /// The name inside its project: `app/x` for `team/app/x`, `busybox` for
+    /// `busybox`.
+    pub fn in_project(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, r)| r)
+    }
 }
 
 /// Whether `c` is one `/`-free component of a repository name.

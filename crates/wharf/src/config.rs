@@ -112,6 +112,10 @@ pub struct StorageConfig {
     pub delete_referrers: bool,
     pub uploadpurging: UploadPurging,
     pub gc: GcConfig,
+    /// `storage.maintenance.retention.enabled` (default `true`) and
+    /// `.interval` (default `1h`): how often projects' retention rules are
+    /// applied. Only projects that have rules are touched.
+    pub retention_interval: Option<Duration>,
 }
 
 /// `storage.maintenance.gc`: Wharf's online garbage collection.
@@ -237,6 +241,8 @@ const SUPPORTED: &[&str] = &[
     "storage.maintenance.gc.grace",
     "storage.maintenance.untagged.enabled",
     "storage.maintenance.untagged.age",
+    "storage.maintenance.retention.enabled",
+    "storage.maintenance.retention.interval",
     "storage.cache.blobdescriptor",
     "storage.cache.blobdescriptorsize",
     "auth.htpasswd.realm",
@@ -574,6 +580,16 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
                     None
                 },
             },
+            retention_interval: if get_bool(&doc, "storage.maintenance.retention.enabled")?
+                .unwrap_or(true)
+            {
+                Some(
+                    get_duration(&doc, "storage.maintenance.retention.interval")?
+                        .unwrap_or(Duration::from_secs(3600)),
+                )
+            } else {
+                None
+            },
         },
         log: LogConfig {
             level,
@@ -731,6 +747,10 @@ impl Config {
                 "untagged": {
                     "enabled": self.storage.gc.untagged_age.is_some(),
                     "age": self.storage.gc.untagged_age.map(format_duration),
+                },
+                "retention": {
+                    "enabled": self.storage.retention_interval.is_some(),
+                    "interval": self.storage.retention_interval.map(format_duration),
                 }},
             },
         });

@@ -383,7 +383,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         },
         auth,
     });
-    let mut app = wharf_api::router(state);
+    let mut app = wharf_api::router(state.clone());
     if !cfg.http.headers.is_empty() {
         let mut extra = Vec::new();
         for (k, vs) in &cfg.http.headers {
@@ -456,6 +456,33 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         });
     }
 
+    {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(wharf_core::PULL_FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.flush_pulls().await {
+                    tracing::warn!(error = %e, "recording pull times failed");
+                }
+            }
+        });
+    }
+
+    if let Some(interval) = cfg.storage.retention_interval {
+        let reg = registry.clone();
+        let meta = meta.clone();
+        let auth = state.auth.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tick.tick().await;
+                apply_retention(&reg, meta.as_ref(), auth.as_deref()).await;
+            }
+        });
+    }
+
     tracing::info!(
         addr = %local,
         tls = tls.is_some(),
@@ -477,8 +504,51 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         drain: cfg.http.draintimeout,
     };
     server::serve(listener, app, opts, shutdown_signal()).await;
+    if let Err(e) = registry.flush_pulls().await {
+        tracing::warn!(error = %e, "recording pull times failed");
+    }
     tracing::info!("wharf stopped");
     Ok(())
+}
+
+/// One scheduled pass of every project's retention rules.
+async fn apply_retention(
+    reg: &wharf_core::Registry,
+    meta: &dyn wharf_meta::MetaStore,
+    auth: Option<&wharf_auth::Auth>,
+) {
+    let projects = match meta.project_policies().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading project policies failed");
+            return;
+        }
+    };
+    for (project, policy) in projects {
+        if policy.retention.is_empty() {
+            continue;
+        }
+        match reg.apply_retention(&project, false).await {
+            Ok(r) => {
+                if !r.tags.is_empty() {
+                    tracing::info!(%project, tags = r.tags.len(), manifests = r.manifests, "retention removed tags");
+                }
+                if let Some(auth) = auth {
+                    for t in &r.tags {
+                        auth.audit(
+                            "system:retention",
+                            None,
+                            "retention.delete",
+                            &format!("{}:{}", t.repo, t.tag),
+                            "ok",
+                        )
+                        .await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(%project, error = %e, "applying retention rules failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
