@@ -1265,3 +1265,519 @@ async fn tokens_from_an_external_issuer() {
     assert_eq!(r.status(), 401);
     assert_eq!(reg.send(Method::GET, "/auth/token").await.status(), 404);
 }
+
+/// `/v2` requests with Basic credentials (the built-in service takes them).
+struct Pusher {
+    reg_base: String,
+    http: reqwest::Client,
+    user: String,
+    password: String,
+}
+
+impl Pusher {
+    fn new(reg: &TestRegistry, (user, password): (&str, &str)) -> Pusher {
+        Pusher {
+            reg_base: reg.url(""),
+            http: harness::http_client(),
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(m, format!("{}{path}", self.reg_base))
+            .basic_auth(&self.user, Some(&self.password))
+    }
+
+    async fn blob(&self, repo: &str, data: &[u8]) -> reqwest::Response {
+        self.req(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(data)),
+        )
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+    }
+
+    async fn manifest(&self, repo: &str, reference: &str, m: &[u8]) -> reqwest::Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", harness::OCI_MANIFEST)
+            .body(m.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pushes an image whose one layer is `layer_size` random bytes; returns
+    /// the manifest and its digest.
+    async fn image(&self, repo: &str, tag: &str, layer_size: usize) -> (Vec<u8>, String) {
+        let (m, blobs) = random_image(layer_size);
+        for b in &blobs {
+            assert_eq!(
+                self.blob(repo, b).await.status(),
+                201,
+                "blob for {repo}:{tag}"
+            );
+        }
+        let r = self.manifest(repo, tag, &m).await;
+        assert_eq!(r.status(), 201, "{repo}:{tag}: {}", r.text().await.unwrap());
+        let d = sha256(&m);
+        (m, d)
+    }
+
+    async fn status(&self, m: Method, path: &str) -> u16 {
+        self.req(m, path).send().await.unwrap().status().as_u16()
+    }
+}
+
+/// A manifest naming a random config and one random layer, with the blobs.
+fn random_image(layer_size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","seed":{}}}"#,
+        rand::random::<u64>()
+    )
+    .into_bytes();
+    let layer: Vec<u8> = (0..layer_size).map(|_| rand::random::<u8>()).collect();
+    let m = image_manifest(
+        &sha256(&config),
+        config.len(),
+        &[(&sha256(&layer), layer.len())],
+        None,
+    );
+    (m, vec![config, layer])
+}
+
+/// The OCI error (code, message) of a response.
+async fn oci_error(r: reqwest::Response) -> (u16, String, String) {
+    let s = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    (
+        s,
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn uploads_left(reg: &TestRegistry) -> usize {
+    std::fs::read_dir(reg.data.join("wharf/uploads"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_quota_is_enforced_and_leaves_nothing_behind() {
+    let reg = builtin().await;
+    let admin = Pusher::new(&reg, ADMIN);
+    add_user(&reg, "erin").await;
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "team"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/members/erin",
+        Some(json!({"role": "projectadmin"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let erin_pw = pw("erin");
+    let erin = ("erin", erin_pw.as_str());
+    // Only a system administrator sets a quota.
+    let (s, v) = api(
+        &reg,
+        erin,
+        Method::PUT,
+        "/projects/team/policy",
+        Some(json!({"quota_bytes": 30000})),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/policy",
+        Some(json!({"quota_bytes": 30000})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["quota_bytes"], 30000);
+    let (s, _) = api(&reg, ADMIN, Method::GET, "/projects/nope/policy", None).await;
+    assert_eq!(s, 404);
+
+    let (_, a_digest) = admin.image("team/app", "a", 20000).await;
+    let (_, v) = api(&reg, erin, Method::GET, "/projects/team/usage", None).await;
+    let used = v["bytes"].as_u64().unwrap();
+    assert!((20000..21000).contains(&used), "{v}");
+    assert_eq!(v["quota_bytes"], 30000);
+
+    // A blob that cannot fit is refused when it arrives, in one request...
+    let (_, blobs) = random_image(20000);
+    let (s, code, msg) = oci_error(admin.blob("team/app", &blobs[1]).await).await;
+    assert_eq!((s, code.as_str()), (403, "DENIED"), "{msg}");
+    assert!(msg.contains("quota exceeded: project team uses"), "{msg}");
+    assert_eq!(uploads_left(&reg), 0, "the refused upload left data");
+    // ...or chunk by chunk: the session goes with the refusal.
+    let r = admin
+        .req(Method::POST, "/v2/team/other/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let loc = loc.strip_prefix(&reg.url("")).unwrap_or(&loc).to_owned();
+    let r = admin
+        .req(Method::PATCH, &loc)
+        .header("content-type", "application/octet-stream")
+        .body(blobs[1].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_error(r).await.1, "DENIED");
+    assert_eq!(admin.status(Method::GET, &loc).await, 404);
+    assert_eq!(uploads_left(&reg), 0);
+
+    // Two layers that fit one by one but not together: the manifest is
+    // refused whole, and no tag or usage changes.
+    let small: Vec<Vec<u8>> = (0..2)
+        .map(|_| (0..4500).map(|_| rand::random::<u8>()).collect())
+        .collect();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    for b in small.iter().chain([&config]) {
+        assert_eq!(admin.blob("team/app", b).await.status(), 201);
+    }
+    let two = image_manifest(
+        &sha256(&config),
+        config.len(),
+        &[
+            (&sha256(&small[0]), small[0].len()),
+            (&sha256(&small[1]), small[1].len()),
+        ],
+        None,
+    );
+    let (s, code, msg) = oci_error(admin.manifest("team/app", "two", &two).await).await;
+    assert_eq!((s, code.as_str()), (403, "DENIED"), "{msg}");
+    assert!(msg.contains("this push needs"), "{msg}");
+    assert_eq!(
+        admin
+            .status(Method::GET, "/v2/team/app/manifests/two")
+            .await,
+        404
+    );
+    let (_, v) = api(&reg, erin, Method::GET, "/projects/team/usage", None).await;
+    assert_eq!(v["bytes"].as_u64().unwrap(), used);
+    // Re-tagging what is stored adds nothing: allowed at the limit.
+    let r = admin
+        .req(Method::GET, "/v2/team/app/manifests/a")
+        .header("accept", harness::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let a_manifest = r.bytes().await.unwrap();
+    assert_eq!(
+        admin
+            .manifest("team/app", "a-again", &a_manifest)
+            .await
+            .status(),
+        201
+    );
+    // Deleting the first image frees its share at once: the refused one fits now.
+    assert_eq!(
+        admin
+            .status(
+                Method::DELETE,
+                &format!("/v2/team/app/manifests/{a_digest}")
+            )
+            .await,
+        202
+    );
+    assert_eq!(admin.manifest("team/app", "two", &two).await.status(), 201);
+    // Other projects are not limited.
+    admin.image("free/app", "big", 50000).await;
+    // Removing the quota (admin) lets anything in.
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/policy",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    admin.image("team/app", "big", 50000).await;
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_tags_cannot_be_moved_or_deleted() {
+    let reg = builtin().await;
+    let admin = Pusher::new(&reg, ADMIN);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "team"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    for bad in [
+        json!({"immutable": [{"tags": "["}]}),
+        json!({"immutable": [{"tags": ""}]}),
+        json!({"retention": [{"keep": {"newest": 0}}]}),
+        json!({"retention": [{"keep": "sometimes"}]}),
+        json!({"quota": 5}),
+    ] {
+        let (s, v) = api(
+            &reg,
+            ADMIN,
+            Method::PUT,
+            "/projects/team/policy",
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad} → {v}");
+    }
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/policy",
+        Some(json!({"immutable": [{"repositories": "app", "tags": "v*"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = api(&reg, ADMIN, Method::GET, "/projects/team/policy", None).await;
+    assert_eq!(v["immutable"][0]["tags"], "v*");
+
+    let (m1, d1) = admin.image("team/app", "v1", 100).await;
+    admin.image("team/app", "latest", 100).await;
+    // Another image whose blobs are there, so only the tag rule can refuse it.
+    let (m2, _) = admin.image("team/app", "other", 100).await;
+    // Overwriting v1 with another manifest: refused; with the same one: fine.
+    let (s, code, msg) = oci_error(admin.manifest("team/app", "v1", &m2).await).await;
+    assert_eq!((s, code.as_str()), (403, "DENIED"), "{msg}");
+    assert!(msg.contains("immutable"), "{msg}");
+    assert_eq!(admin.manifest("team/app", "v1", &m1).await.status(), 201);
+    // `latest` matches no rule: it moves.
+    let (_, latest2) = admin.image("team/app", "latest", 100).await;
+    let r = admin
+        .req(Method::HEAD, "/v2/team/app/manifests/latest")
+        .header("accept", harness::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], latest2.as_str());
+    // Deleting the tag, the manifest it names or the repository: refused.
+    for path in [
+        "/v2/team/app/manifests/v1".to_string(),
+        format!("/v2/team/app/manifests/{d1}"),
+    ] {
+        let r = admin.req(Method::DELETE, &path).send().await.unwrap();
+        assert_eq!(oci_error(r).await.1, "DENIED", "{path}");
+    }
+    let (s, _) = api(&reg, ADMIN, Method::DELETE, "/repositories/team/app", None).await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        admin.status(Method::GET, "/v2/team/app/manifests/v1").await,
+        200
+    );
+    // The rule names `app` only: v1 elsewhere in the project is mutable.
+    admin.image("team/lib", "v1", 100).await;
+    admin.image("team/lib", "v1", 100).await;
+    assert_eq!(
+        admin
+            .status(Method::DELETE, "/v2/team/lib/manifests/v1")
+            .await,
+        202
+    );
+    // Lifting the rule makes v1 deletable.
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/team/policy",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        admin
+            .status(Method::DELETE, "/v2/team/app/manifests/v1")
+            .await,
+        202
+    );
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_what_the_rules_say_and_dry_runs() {
+    let reg = builtin().await;
+    let admin = Pusher::new(&reg, ADMIN);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "ret"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let mut digests = std::collections::BTreeMap::new();
+    for t in ["t1", "t2", "rel-1", "t3", "t4", "t5", "pin"] {
+        let (_, d) = admin.image("ret/app", t, 64).await;
+        digests.insert(t, d);
+        // Push times are in ms: keep them apart.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    admin.image("ret/other", "x", 64).await;
+    // t2 is pulled (GET; a HEAD is not a pull).
+    assert_eq!(
+        admin.status(Method::GET, "/v2/ret/app/manifests/t2").await,
+        200
+    );
+    assert_eq!(
+        admin.status(Method::HEAD, "/v2/ret/app/manifests/t1").await,
+        200
+    );
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/ret/policy",
+        Some(json!({
+            "immutable": [{"tags": "pin"}],
+            "retention": [
+                {"repositories": "app", "tags": "t*", "keep": {"newest": 2}},
+                {"repositories": "app", "tags": "rel-*", "keep": "always"},
+                {"repositories": "app", "keep": {"pulled_within_days": 7}},
+            ]
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let tags_of = |v: &Value| -> Vec<String> {
+        v["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["repository"].as_str().unwrap(),
+                    t["tag"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    // newest 2 of t* keeps t5, t4; rel-1 always; t2 was pulled; pin is
+    // immutable; ret/other is named by no rule. t3 and t1 go.
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects/ret/retention?dry_run=true",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tags_of(&v), ["ret/app:t3", "ret/app:t1"], "{v}");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["manifests"], 2);
+    // Still there (a HEAD: a GET would be a pull, and keep t1).
+    assert_eq!(
+        admin.status(Method::HEAD, "/v2/ret/app/manifests/t1").await,
+        200
+    );
+    let (s, v) = api(&reg, ADMIN, Method::POST, "/projects/ret/retention", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(tags_of(&v), ["ret/app:t3", "ret/app:t1"]);
+    assert_eq!(v["manifests"], 2);
+    for (t, d) in &digests {
+        let gone = matches!(*t, "t1" | "t3");
+        let want = if gone { 404 } else { 200 };
+        assert_eq!(
+            admin
+                .status(Method::GET, &format!("/v2/ret/app/manifests/{t}"))
+                .await,
+            want,
+            "{t}"
+        );
+        // The image went with its last tag.
+        assert_eq!(
+            admin
+                .status(Method::GET, &format!("/v2/ret/app/manifests/{d}"))
+                .await,
+            want,
+            "{t} by digest"
+        );
+    }
+    assert_eq!(
+        admin.status(Method::GET, "/v2/ret/other/manifests/x").await,
+        200
+    );
+    // A second run finds nothing more; the audit log names what went.
+    let (_, v) = api(&reg, ADMIN, Method::POST, "/projects/ret/retention", None).await;
+    assert!(tags_of(&v).is_empty(), "{v}");
+    let mut audited = Value::Null;
+    for _ in 0..60 {
+        let (_, v) = api(
+            &reg,
+            ADMIN,
+            Method::GET,
+            "/audit?action=retention.delete",
+            None,
+        )
+        .await;
+        if v.as_array().is_some_and(|a| a.len() >= 2) {
+            audited = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut res: Vec<&str> = audited
+        .as_array()
+        .expect("retention deletions are audited")
+        .iter()
+        .map(|r| r["resource"].as_str().unwrap())
+        .collect();
+    res.sort();
+    assert_eq!(res, ["ret/app:t1", "ret/app:t3"]);
+    // A developer may not run retention; a project admin may.
+    add_user(&reg, "dev").await;
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::PUT,
+        "/projects/ret/members/dev",
+        Some(json!({"role": "developer"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let dev_pw = pw("dev");
+    let (s, _) = api(
+        &reg,
+        ("dev", &dev_pw),
+        Method::POST,
+        "/projects/ret/retention?dry_run=true",
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    reg.stop().await;
+}

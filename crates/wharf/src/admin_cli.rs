@@ -84,6 +84,26 @@ pub enum ProjectCommand {
     Rm { name: String },
     /// Storage the project uses, each blob counted once, and per repository.
     Usage { name: String },
+    /// Set the project's quota (system administrators): a size such as
+    /// 500MiB, 20GiB, 1TB, or `none`.
+    Quota {
+        name: String,
+        #[arg(value_name = "SIZE|none")]
+        size: String,
+    },
+    /// Print the project's policy (quota, immutability and retention rules)
+    /// as JSON, or replace it with --set FILE (`-` for stdin).
+    Policy {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        set: Option<PathBuf>,
+    },
+    /// Apply the project's retention rules now; --dry-run lists what would go.
+    Retention {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List, set or remove members.
     #[command(subcommand)]
     Member(MemberCommand),
@@ -355,6 +375,34 @@ fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// `20GiB`, `500MiB`, `1TB`, `1048576` → bytes; `none` → `None`.
+fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("size {s:?}: expected a number with an optional unit, e.g. 20GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        u => bail!("size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"),
+    };
+    n.checked_mul(mult)
+        .map(Some)
+        .ok_or_else(|| anyhow!("size {s:?} is too large"))
+}
+
 fn permissions(spec: &[String]) -> anyhow::Result<Value> {
     spec.iter()
         .map(|p| {
@@ -481,8 +529,71 @@ pub fn project(r: Remote, cmd: ProjectCommand) -> anyhow::Result<()> {
                 if api.json {
                     api.print(&v, &[]);
                 } else {
-                    println!("{name}: {} bytes", v["bytes"]);
+                    match v["quota_bytes"].as_u64() {
+                        Some(q) => println!("{name}: {} of {q} bytes", v["bytes"]),
+                        None => println!("{name}: {} bytes", v["bytes"]),
+                    }
                     api.print(&v["repositories"], &["name", "bytes"]);
+                }
+            }
+            ProjectCommand::Quota { name, size } => {
+                let path = format!("/projects/{}/policy", seg(&name));
+                let mut policy = api.call(Method::GET, &path, None).await?;
+                policy["quota_bytes"] = match parse_size(&size)? {
+                    Some(n) => json!(n),
+                    None => Value::Null,
+                };
+                let v = api.call(Method::PUT, &path, Some(policy)).await?;
+                if api.json {
+                    api.print(&v, &[]);
+                } else {
+                    match v["quota_bytes"].as_u64() {
+                        Some(n) => println!("{name}: quota {n} bytes"),
+                        None => println!("{name}: no quota"),
+                    }
+                }
+            }
+            ProjectCommand::Policy { name, set } => {
+                let path = format!("/projects/{}/policy", seg(&name));
+                let v = match set {
+                    None => api.call(Method::GET, &path, None).await?,
+                    Some(file) => {
+                        let text = if file.as_os_str() == "-" {
+                            let mut t = String::new();
+                            std::io::stdin().read_to_string(&mut t)?;
+                            t
+                        } else {
+                            std::fs::read_to_string(&file)
+                                .with_context(|| format!("reading {}", file.display()))?
+                        };
+                        let body: Value = serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not JSON", file.display()))?;
+                        api.call(Method::PUT, &path, Some(body)).await?
+                    }
+                };
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            ProjectCommand::Retention { name, dry_run } => {
+                let v = api
+                    .call(
+                        Method::POST,
+                        &format!("/projects/{}/retention?dry_run={dry_run}", seg(&name)),
+                        None,
+                    )
+                    .await?;
+                if api.json {
+                    api.print(&v, &[]);
+                } else {
+                    let n = v["tags"].as_array().map_or(0, Vec::len);
+                    println!(
+                        "{name}: {n} tags {}, {} manifests with them",
+                        if dry_run { "would go" } else { "removed" },
+                        v["manifests"]
+                    );
+                    api.print(
+                        &v["tags"],
+                        &["repository", "tag", "digest", "pushed_at", "pulled_at"],
+                    );
                 }
             }
             ProjectCommand::Member(m) => match m {
@@ -626,4 +737,22 @@ pub fn audit(r: Remote, a: AuditArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("none").unwrap(), None);
+        assert_eq!(parse_size("1024").unwrap(), Some(1024));
+        assert_eq!(parse_size("20GiB").unwrap(), Some(20 << 30));
+        assert_eq!(parse_size("500 MiB").unwrap(), Some(500 << 20));
+        assert_eq!(parse_size("1TB").unwrap(), Some(1_000_000_000_000));
+        assert_eq!(parse_size("2m").unwrap(), Some(2 << 20));
+        for bad in ["", "GiB", "1.5GiB", "-1", "10 parsecs", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }
