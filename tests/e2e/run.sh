@@ -17,9 +17,10 @@ export WORK WHARF
 . "$HERE/clients.sh"
 . "$HERE/auth.sh"
 . "$HERE/gc.sh"
+. "$HERE/policy.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc policy)
 
 cleanup() {
   stop_wharf; stop_dockerd; stop_containerd
@@ -43,6 +44,13 @@ for c in "${CLIENTS[@]}"; do
     { start_dockerd && start_containerd; } || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(auth-daemons); continue; }
     client_auth
     stop_dockerd; stop_containerd
+    continue
+  fi
+  if [ "$c" = policy ]; then
+    echo "--- project policies"
+    start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(policy-dockerd); continue; }
+    client_policy
+    stop_dockerd
     continue
   fi
   if [ "$c" = gc ]; then
