@@ -185,21 +185,15 @@ async fn kill_during_concurrent_pushes() {
     );
 }
 
-/// kill -9 a `wharf gc` running beside the server, again and again: nothing
-/// reachable is lost, and the next collection finishes the work.
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_during_garbage_collection() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, &[], &[]);
-    let client = common::client();
-    let base = server.url("");
-    // 30 images of 20 small layers each; half of them deleted afterwards.
-    // repo, then each blob's digest and bytes
-    type Image = (String, Vec<(String, Vec<u8>)>);
+/// A repository and each of an image's blobs (digest, bytes).
+type Image = (String, Vec<(String, Vec<u8>)>);
+
+/// Pushes `n` images of 21 small blobs each and deletes every other one.
+/// Returns the images kept and how many blobs the deleted ones had.
+async fn images_half_deleted(client: &reqwest::Client, base: &str, n: u64) -> (Vec<Image>, usize) {
     let mut kept: Vec<Image> = Vec::new();
     let mut freed_blobs = 0;
-    for i in 0..30u64 {
+    for i in 0..n {
         let repo = format!("gc/r{}", i % 3);
         let mut blobs = Vec::new();
         for l in 0..21u64 {
@@ -250,6 +244,71 @@ async fn kill_during_garbage_collection() {
             kept.push((repo, blobs));
         }
     }
+    (kept, freed_blobs)
+}
+
+/// Every kept blob reads back byte-identical.
+async fn assert_intact(client: &reqwest::Client, base: &str, kept: &[Image], when: &str) {
+    for (repo, blobs) in kept {
+        for (d, body) in blobs {
+            let r = client
+                .get(format!("{base}/v2/{repo}/blobs/{d}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{when}: {repo}@{d}");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
+        }
+    }
+}
+
+/// How many blobs the store holds.
+fn blob_files(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data.join("docker/registry/v2/blobs/sha256"))
+        .map(|d| {
+            d.flatten()
+                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+                .filter(|b| b.path().join("data").exists())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The blob store holds exactly the kept images' blobs.
+fn assert_disk_holds_only(data: &std::path::Path, kept: &[Image], freed_blobs: usize) {
+    let mut on_disk = std::collections::BTreeSet::new();
+    for p in std::fs::read_dir(data.join("docker/registry/v2/blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        for b in std::fs::read_dir(p.path()).unwrap().flatten() {
+            if b.path().join("data").exists() {
+                on_disk.insert(format!("sha256:{}", b.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let want: std::collections::BTreeSet<String> = kept
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|(d, _)| d.clone()))
+        .collect();
+    assert_eq!(
+        on_disk.len(),
+        want.len(),
+        "{freed_blobs} blobs were to be freed"
+    );
+    assert_eq!(on_disk, want);
+}
+
+/// kill -9 a `wharf gc` running beside the server, again and again: nothing
+/// reachable is lost, and the next collection finishes the work.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_during_garbage_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[], &[]);
+    let client = common::client();
+    let base = server.url("");
+    let (kept, freed_blobs) = images_half_deleted(&client, &base, 30).await;
 
     let gc = |extra: &[&str]| {
         let log = dir.path().join("gc.log");
@@ -276,17 +335,7 @@ async fn kill_during_garbage_collection() {
             interrupted += 1;
         }
         // Whatever was interrupted, every kept image is whole.
-        for (repo, blobs) in &kept {
-            for (d, body) in blobs {
-                let r = client
-                    .get(format!("{base}/v2/{repo}/blobs/{d}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200, "attempt {attempt}: {repo}@{d}");
-                assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
-            }
-        }
+        assert_intact(&client, &base, &kept, &format!("attempt {attempt}")).await;
     }
     eprintln!("kills in the middle of a collection: {interrupted} of 12");
     assert!(
@@ -298,27 +347,7 @@ async fn kill_during_garbage_collection() {
     let (child, _) = gc(&[]);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let mut on_disk = std::collections::BTreeSet::new();
-    for p in std::fs::read_dir(data.join("docker/registry/v2/blobs/sha256"))
-        .unwrap()
-        .flatten()
-    {
-        for b in std::fs::read_dir(p.path()).unwrap().flatten() {
-            if b.path().join("data").exists() {
-                on_disk.insert(format!("sha256:{}", b.file_name().to_string_lossy()));
-            }
-        }
-    }
-    let want: std::collections::BTreeSet<String> = kept
-        .iter()
-        .flat_map(|(_, b)| b.iter().map(|(d, _)| d.clone()))
-        .collect();
-    assert_eq!(
-        on_disk.len(),
-        want.len(),
-        "{freed_blobs} blobs were to be freed"
-    );
-    assert_eq!(on_disk, want);
+    assert_disk_holds_only(&data, &kept, freed_blobs);
     // Nothing is left marked: a deleted image's blob can be pushed again at once.
     let body = bytes(0, 512);
     let d = sha256(&body);
@@ -329,5 +358,89 @@ async fn kill_during_garbage_collection() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    server.kill9();
+}
+
+/// kill -9 `wharf serve` in the middle of its scheduled collection, again and
+/// again: nothing reachable is lost, and a later scheduled run finishes the work.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_serve_during_its_scheduled_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = common::client();
+    // Garbage first, with no schedule (a zero grace would also take the
+    // blobs of pushes in progress: that is what the grace is for).
+    let setup = Server::start(
+        &data,
+        &[],
+        &[("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "false")],
+    );
+    let (kept, freed_blobs) = images_half_deleted(&client, &setup.url(""), 90).await;
+    setup.kill9();
+    let scheduled = [
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_INTERVAL", "1s"),
+        ("REGISTRY_STORAGE_MAINTENANCE_GC_GRACE", "0s"),
+    ];
+    let kept_blobs: usize = kept.iter().map(|(_, b)| b.len()).sum();
+    let mut before = blob_files(&data);
+    assert_eq!(before, kept_blobs + freed_blobs);
+    let (mut interrupted, mut partial) = (0, 0);
+    for attempt in 0..6 {
+        let server = Server::start(&data, &[], &scheduled);
+        // Kill at a different point of the collection each time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server.stderr().contains("garbage collection started") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no scheduled collection started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(attempt * 8));
+        let finished = server.stderr().contains("garbage collection finished");
+        let base = server.url("");
+        server.kill9();
+        let left = blob_files(&data);
+        eprintln!("attempt {attempt}: finished={finished}, blobs {before} -> {left}");
+        if !finished {
+            interrupted += 1;
+            if left > kept_blobs && left < before {
+                partial += 1;
+            }
+        }
+        before = left;
+        let check = Server::start(
+            &data,
+            &[],
+            &[("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "false")],
+        );
+        assert_intact(
+            &client,
+            &check.url(""),
+            &kept,
+            &format!("restart {attempt} ({base})"),
+        )
+        .await;
+        check.kill9();
+    }
+    eprintln!(
+        "serve killed in the middle of its collection: {interrupted} of 6, {partial} with some blobs deleted"
+    );
+    assert!(
+        partial > 0,
+        "no kill landed while the collection was deleting"
+    );
+    // Left running, the schedule finishes the work.
+    let server = Server::start(&data, &[], &scheduled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.stderr().contains("garbage collection finished") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled collection did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_intact(&client, &server.url(""), &kept, "after the last collection").await;
+    assert_disk_holds_only(&data, &kept, freed_blobs);
     server.kill9();
 }
