@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use wharf_oci::Digest;
+
 use crate::{CoreError, Registry, now_ms};
 
 /// Blobs marked per transaction.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 /// Blob deletions in flight at once.
 const PARALLEL_DELETES: usize = 16;
 /// Marks older than this are taken over: their collector died.
@@ -116,6 +118,7 @@ impl Registry {
             links: self.meta.gc_drop_stale_links(cutoff).await?,
             ..GcReport::default()
         };
+        let mut cursor: Option<Digest> = None;
         loop {
             let now = now_ms();
             let stale = if opts.sole_collector {
@@ -124,10 +127,14 @@ impl Registry {
                 now - STALE_MARK.as_millis() as i64
             };
             let t_mark = Instant::now();
-            let marked = self.meta.gc_mark(&owner, cutoff, stale, now, BATCH).await?;
+            let marked = self
+                .meta
+                .gc_mark(&owner, cutoff, stale, now, BATCH, cursor.as_ref())
+                .await?;
             if marked.is_empty() {
                 break;
             }
+            cursor = marked.last().map(|(d, _)| d.clone());
             let t_delete = Instant::now();
             // Deletions are independent system calls: run several at once.
             let results: Vec<_> = futures::stream::iter(marked)

@@ -373,7 +373,9 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Marks up to `limit` deletable blobs (see above; recorded before
     /// `before_ms`) for collector `owner` at `now_ms`, and returns them with
-    /// their sizes. Also takes over marks older than `stale_mark_ms`.
+    /// their sizes, in digest order, starting after `after` (the last digest
+    /// of the previous batch, so a run does not re-read what it kept). Also
+    /// takes over marks older than `stale_mark_ms`.
     async fn gc_mark(
         &self,
         owner: &str,
@@ -381,6 +383,7 @@ pub trait MetaStore: Send + Sync + 'static {
         stale_mark_ms: i64,
         now_ms: i64,
         limit: usize,
+        after: Option<&Digest>,
     ) -> Result<Vec<(Digest, u64)>, MetaError>;
 
     /// Removes the records `owner` marked among `digests`.

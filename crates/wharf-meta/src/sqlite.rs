@@ -451,8 +451,10 @@ const UNTAGGED_UNUSED: &str = "m.untagged_at IS NOT NULL AND m.untagged_at < ?1 
 const STALE_LINK: &str = "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
      WHERE mb.repo_id = repo_blobs.repo_id AND mb.blob_digest = repo_blobs.digest)";
 
-/// A blob (`b`) nothing uses and nobody recorded since `?1`.
-const DELETABLE: &str = "b.gc_marked_at = 0 AND b.touched_at < ?1 \
+/// A blob (`b`) nothing uses and nobody recorded since `?1`. The `+`s keep
+/// the planner off the gc index, which would sort the whole candidate set
+/// rather than scan the primary key from a cursor.
+const DELETABLE_IN_KEY_ORDER: &str = "+b.gc_marked_at = 0 AND +b.touched_at < ?1 \
      AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) \
      AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)";
 
@@ -1223,23 +1225,44 @@ impl MetaStore for SqliteMeta {
         stale_mark_ms: i64,
         now: i64,
         limit: usize,
+        after: Option<&Digest>,
     ) -> Result<Vec<(Digest, u64)>, MetaError> {
         let owner = owner.to_owned();
+        let after = after.map(ToString::to_string).unwrap_or_default();
         let rows: Vec<(String, i64)> = self
             .write(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let rows = tx
-                    .prepare_cached(&format!(
+                // Marks of a collector that died, first (by the index on
+                // gc_marked_at).
+                let mut rows = tx
+                    .prepare_cached(
                         "UPDATE blobs SET gc_marked_at = ?3, gc_owner = ?4 WHERE digest IN \
-                         (SELECT b.digest FROM blobs b WHERE ({DELETABLE}) \
-                          OR (b.gc_marked_at > 0 AND b.gc_marked_at < ?2) LIMIT ?5) \
-                         RETURNING digest, size"
-                    ))?
-                    .query_map(
-                        params![before_ms, stale_mark_ms, now, owner, limit as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                         (SELECT digest FROM blobs WHERE gc_marked_at > 0 AND gc_marked_at < ?2 LIMIT ?5) \
+                         RETURNING digest, size",
                     )?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .query_map(params![0, stale_mark_ms, now, owner, limit as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<Vec<(String, i64)>, _>>()?;
+                // Then deletable blobs in primary-key order from the cursor,
+                // so each batch reads on from where the last stopped instead
+                // of re-reading what was kept.
+                let room = limit.saturating_sub(rows.len()) as i64;
+                if room > 0 {
+                    rows.extend(
+                        tx.prepare_cached(&format!(
+                            "UPDATE blobs SET gc_marked_at = ?3, gc_owner = ?4 WHERE digest IN \
+                             (SELECT b.digest FROM blobs b WHERE b.digest > ?2 AND {DELETABLE_IN_KEY_ORDER} \
+                              ORDER BY b.digest LIMIT ?5) \
+                             RETURNING digest, size"
+                        ))?
+                        .query_map(params![before_ms, after, now, owner, room], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect::<Result<Vec<(String, i64)>, _>>()?,
+                    );
+                }
+                rows.sort_unstable();
                 tx.commit()?;
                 Ok(rows)
             })

@@ -556,7 +556,10 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
 
     // Marking honours the cutoff: `fresh` was recorded after it, and linking
     // `stale_link` touched it "now".
-    let marked = meta.gc_mark("gc-1", cutoff, 0, 20_000, 10).await.unwrap();
+    let marked = meta
+        .gc_mark("gc-1", cutoff, 0, 20_000, 10, None)
+        .await
+        .unwrap();
     assert_eq!(marked, [(orphan.clone(), 7)]);
     // Marked blobs can be neither recorded (an upload waits) nor linked.
     assert!(matches!(
@@ -569,7 +572,7 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
     ));
     // Another collector gets nothing new, and takes over only stale marks.
     assert!(
-        meta.gc_mark("gc-2", cutoff, 0, 20_001, 10)
+        meta.gc_mark("gc-2", cutoff, 0, 20_001, 10, None)
             .await
             .unwrap()
             .is_empty()
@@ -583,7 +586,7 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         Err(MetaError::Conflict)
     ));
     let taken = meta
-        .gc_mark("gc-2", cutoff, 25_000, 30_000, 10)
+        .gc_mark("gc-2", cutoff, 25_000, 30_000, 10, None)
         .await
         .unwrap();
     assert_eq!(
@@ -606,7 +609,10 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         .unwrap();
     // Forgotten: an upload may record the orphan afresh, and it is then safe.
     meta.record_blob(&orphan, 7, 40_000).await.unwrap();
-    let m3 = meta.gc_mark("gc-3", 35_000, 0, 41_000, 10).await.unwrap();
+    let m3 = meta
+        .gc_mark("gc-3", 35_000, 0, 41_000, 10, None)
+        .await
+        .unwrap();
     assert_eq!(
         m3,
         [(fresh.clone(), 7)],
@@ -617,7 +623,7 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         .unwrap();
     // A blob a manifest uses is never marked, even without links.
     assert!(meta.unlink_blob(&repo, &used).await.unwrap());
-    let marked = meta.gc_mark("gc-4", far, 0, far, 10).await.unwrap();
+    let marked = meta.gc_mark("gc-4", far, 0, far, 10, None).await.unwrap();
     assert!(!marked.iter().any(|(d, _)| d == &used), "{marked:?}");
     meta.gc_forget(
         "gc-4",
@@ -628,11 +634,52 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
     // Re-recording refreshes: a blob touched after the cutoff is kept.
     meta.record_blob(&fresh, 7, 50_000).await.unwrap();
     assert!(
-        meta.gc_mark("gc-5", 45_000, 0, 51_000, 10)
+        meta.gc_mark("gc-5", 45_000, 0, 51_000, 10, None)
             .await
             .unwrap()
             .is_empty()
     );
+    // Batches come in digest order, each after the cursor it is given
+    // (other deletable blobs of the suite may be among them).
+    let orphans: Vec<Digest> = (0..7)
+        .map(|i| Digest::sha256_of(format!("gc-cursor-{i}").as_bytes()))
+        .collect();
+    for d in &orphans {
+        meta.record_blob(d, 1, 60_000).await.unwrap();
+    }
+    let digests = |v: Vec<(Digest, u64)>| v.into_iter().map(|(d, _)| d).collect::<Vec<_>>();
+    let first = digests(
+        meta.gc_mark("gc-6", 61_000, 0, 62_000, 3, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.len(), 3);
+    assert!(first.is_sorted(), "{first:?}");
+    let second = digests(
+        meta.gc_mark("gc-6", 61_000, 0, 62_000, 1000, first.last())
+            .await
+            .unwrap(),
+    );
+    assert!(second.is_sorted(), "{second:?}");
+    assert!(
+        second.iter().all(|d| d > &first[2]),
+        "only after the cursor"
+    );
+    for d in &orphans {
+        assert!(
+            first.contains(d) || second.contains(d),
+            "{d} was not marked"
+        );
+    }
+    assert!(
+        meta.gc_mark("gc-6", 61_000, 0, 62_000, 1000, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    meta.gc_forget("gc-6", &[first, second].concat())
+        .await
+        .unwrap();
 }
 
 pub async fn blobs(meta: &dyn MetaStore) {
