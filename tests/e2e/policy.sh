@@ -62,7 +62,16 @@ client_policy() {
   check_eq "policy: r3 pulled back identical" "$(oci_manifest_digest "$L" amd64)" "$(oci_manifest_digest "$w/back" r3)"
   # Audit records are written in batches at most once a second.
   check "policy: audit names the removed tags (CLI)" bash -c "for i in \$(seq 1 20); do $WHARF audit --action retention.delete | grep -q team/ret:r1 && exit 0; sleep 0.2; done; exit 1"
+  # The schedule applies the rules by itself (storage.maintenance.retention.interval).
+  for t in r5 r6; do
+    check "policy: push $t" skopeo copy $cr "oci:$L:arm64" "docker://$REG/team/ret:$t"
+    sleep 0.01
+  done
   docker logout "$REG" >/dev/null 2>&1
+  stop_wharf
+  REGISTRY_STORAGE_MAINTENANCE_RETENTION_INTERVAL=1s start_wharf wharf-policy --config <(printf 'auth:\n  builtin: {}\n') || { FAIL=$((FAIL + 1)); return; }
+  check "policy: the scheduled run keeps the newest two" bash -c \
+    "for i in \$(seq 1 50); do [ \"\$(curl -sS -u admin:admin-secret-1 http://$REG/v2/team/ret/tags/list | jq -c .tags)\" = '[\"r5\",\"r6\"]' ] && exit 0; sleep 0.1; done; exit 1"
   unset WHARF_SERVER WHARF_USER WHARF_PASSWORD
   stop_wharf
 }
