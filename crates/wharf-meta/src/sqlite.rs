@@ -587,20 +587,6 @@ impl MetaStore for SqliteMeta {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let repo_id = repo_id_for_write(&tx, &repo)?;
-            if checks.immutable_tag
-                && let Some(tag) = &tag
-            {
-                let current: Option<String> = tx
-                    .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
-                    .query_row(params![repo_id, tag], |r| r.get(0))
-                    .optional()?;
-                if current.is_some_and(|d| d != m.digest.as_str()) {
-                    return Err(MetaError::Immutable(tag.clone()));
-                }
-            }
-            if let Some((project, limit)) = &checks.quota {
-                check_quota(&tx, project, *limit, repo_id, &m, &refs.blobs)?;
-            }
             for b in &refs.blobs {
                 let found: Option<i64> = tx
                     .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
@@ -618,6 +604,21 @@ impl MetaStore for SqliteMeta {
                 if found.is_none() {
                     return Err(MetaError::MissingManifest(ch.clone()));
                 }
+            }
+            // After the reference checks: the quota reads the blobs they vouch for.
+            if checks.immutable_tag
+                && let Some(tag) = &tag
+            {
+                let current: Option<String> = tx
+                    .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                    .query_row(params![repo_id, tag], |r| r.get(0))
+                    .optional()?;
+                if current.is_some_and(|d| d != m.digest.as_str()) {
+                    return Err(MetaError::Immutable(tag.clone()));
+                }
+            }
+            if let Some((project, limit)) = &checks.quota {
+                check_quota(&tx, project, *limit, repo_id, &m, &refs.blobs)?;
             }
             tx.prepare_cached(
                 "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \

@@ -186,6 +186,13 @@ pub async fn quota(meta: &dyn MetaStore) {
         immutable_tag: false,
     };
     let m1s = m1.content.len() as u64;
+    // A blob the repository lacks is reported as such, quota or not.
+    let unknown = Digest::sha256_of(b"quota-unknown");
+    assert!(matches!(
+        meta.put_manifest_checked(&r1, &m1, &refs(&[&unknown]), None, &limit(10))
+            .await,
+        Err(MetaError::MissingBlob(d)) if d == unknown
+    ));
     // 1000 + manifest does not fit in 1000.
     match meta
         .put_manifest_checked(&r1, &m1, &refs(&[&big]), Some(&tag("v1")), &limit(1000))
