@@ -19,8 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-
 use wharf_oci::Digest;
 
 use crate::{CoreError, Registry, now_ms};
@@ -136,15 +134,23 @@ impl Registry {
             }
             cursor = marked.last().map(|(d, _)| d.clone());
             let t_delete = Instant::now();
-            // Deletions are independent system calls: run several at once.
-            let results: Vec<_> = futures::stream::iter(marked)
-                .map(|(digest, size)| async move {
-                    let r = self.blobs.delete(&digest).await;
-                    (digest, size, r)
-                })
-                .buffer_unordered(PARALLEL_DELETES)
-                .collect()
-                .await;
+            // Deletions are independent system calls: several runs at once,
+            // each working through its share of the batch.
+            let chunk = marked.len().div_ceil(PARALLEL_DELETES).max(1);
+            let results: Vec<(Digest, u64, Result<bool, wharf_store::StoreError>)> =
+                futures::future::join_all(marked.chunks(chunk).map(|part| async move {
+                    let digests: Vec<Digest> = part.iter().map(|(d, _)| d.clone()).collect();
+                    let rs = self.blobs.delete_many(&digests).await;
+                    part.iter()
+                        .cloned()
+                        .zip(rs)
+                        .map(|((d, size), r)| (d, size, r))
+                        .collect::<Vec<_>>()
+                }))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
             let mut done = Vec::with_capacity(results.len());
             for (digest, size, r) in results {
                 match r {

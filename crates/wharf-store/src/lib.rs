@@ -69,6 +69,17 @@ pub trait BlobStore: Send + Sync + 'static {
     /// opened it may finish.
     async fn delete(&self, digest: &Digest) -> Result<bool, StoreError>;
 
+    /// [`delete`](Self::delete) of each digest, one after the other; one
+    /// result per digest, in order. For garbage collection: a backend can
+    /// save a round trip per blob.
+    async fn delete_many(&self, digests: &[Digest]) -> Vec<Result<bool, StoreError>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            out.push(self.delete(d).await);
+        }
+        out
+    }
+
     /// Creates an empty upload. Creating an existing one resets it to empty.
     async fn create_upload(&self, id: &str) -> Result<(), StoreError>;
 

@@ -258,6 +258,26 @@ pub async fn delete_blob_and_upload(store: &dyn BlobStore) {
     assert!(store.delete(&d).await.unwrap());
     assert_eq!(store.stat(&d).await.unwrap(), None);
     assert!(!store.delete(&d).await.unwrap());
+    // Several at once: one answer per digest, in order.
+    let (a, b) = (
+        Digest::sha256_of(b"doomed-a"),
+        Digest::sha256_of(b"doomed-b"),
+    );
+    for (id, d, bytes) in [("t-del-a", &a, b"doomed-a"), ("t-del-b", &b, b"doomed-b")] {
+        store.create_upload(id).await.unwrap();
+        store.append_upload(id, 0, body(&[bytes])).await.unwrap();
+        store.commit_upload(id, 8, d).await.unwrap();
+    }
+    let got: Vec<bool> = store
+        .delete_many(&[a.clone(), d.clone(), b.clone()])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, [true, false, true]);
+    assert_eq!(store.stat(&a).await.unwrap(), None);
+    assert_eq!(store.stat(&b).await.unwrap(), None);
+    assert!(store.delete_many(&[]).await.is_empty());
 }
 
 pub async fn large_blob_streams(store: &dyn BlobStore) {
