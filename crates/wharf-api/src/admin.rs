@@ -180,6 +180,15 @@ fn store(e: MetaError) -> ApiError {
     }
 }
 
+/// The `dry_run` query parameter (absent: false).
+fn dry_run_param(q: &crate::Query) -> Result<bool, ApiError> {
+    match q.get("dry_run") {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::msg(ErrorCode::InvalidRequest, msg)
 }
@@ -818,11 +827,7 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
     let a = Admin::from(&st, facts(&req)).await?;
     a.require_admin()?;
     let q = crate::Query::parse(req.uri().query());
-    let dry_run = match q.get("dry_run") {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(v) => return Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
-    };
+    let dry_run = dry_run_param(&q)?;
     let untagged_age = q
         .get("untagged_age_seconds")
         .map(|v| {
@@ -1008,11 +1013,7 @@ async fn run_retention(
     a.require_project_admin(&name).await?;
     existing_project(&a, &name).await?;
     let q = crate::Query::parse(req.uri().query());
-    let dry_run = match q.get("dry_run") {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(v) => return Err(invalid(format!("dry_run must be true or false, not {v:?}"))),
-    };
+    let dry_run = dry_run_param(&q)?;
     let r = st.registry.apply_retention(&name, dry_run).await?;
     if !dry_run {
         for t in &r.tags {
