@@ -711,15 +711,7 @@ async fn list_members(
 ) -> Result<Response, ApiError> {
     let a = Admin::from(&st, facts(&req)).await?;
     a.require_project_admin(&name).await?;
-    if a.auth
-        .store()
-        .project(&name)
-        .await
-        .map_err(store)?
-        .is_none()
-    {
-        return Err(not_found("project"));
-    }
+    existing_project(&a, &name).await?;
     let m = a.auth.store().members(&name).await.map_err(store)?;
     ok(
         StatusCode::OK,
@@ -947,7 +939,7 @@ async fn project_usage(
 
 // ---- policy ------------------------------------------------------------------
 
-/// The project must have a record: policies hang off projects.
+/// `NotFound` unless the project has a record.
 async fn existing_project(a: &Admin, name: &str) -> Result<(), ApiError> {
     match a.auth.store().project(name).await.map_err(store)? {
         Some(_) => Ok(()),

@@ -246,6 +246,37 @@ pub async fn quota(meta: &dyn MetaStore) {
     .await
     .unwrap();
     assert_eq!(meta.project_usage("quo").await.unwrap().0, at_limit);
+    // Two pushes at once, each fitting alone but not both: exactly one is
+    // stored, and the project never goes past its limit.
+    let (ra, rb) = (name("quo2/a"), name("quo2/b"));
+    for r in [&ra, &rb] {
+        meta.link_blob(r, &big).await.unwrap();
+    }
+    let (ma, mb) = (
+        manifest("quota-race-a", None, None),
+        manifest("quota-race-b", None, None),
+    );
+    let cap = 1000 + ma.content.len().max(mb.content.len()) as u64;
+    let checks = PutChecks {
+        quota: Some(("quo2".into(), cap)),
+        immutable_tag: false,
+    };
+    let uses_big = refs(&[&big]);
+    let (x, y) = futures::join!(
+        meta.put_manifest_checked(&ra, &ma, &uses_big, None, &checks),
+        meta.put_manifest_checked(&rb, &mb, &uses_big, None, &checks),
+    );
+    let refused = [&x, &y]
+        .iter()
+        .filter(|r| matches!(r, Err(MetaError::QuotaExceeded { .. })))
+        .count();
+    assert_eq!(
+        (x.is_ok() as u8 + y.is_ok() as u8, refused),
+        (1, 1),
+        "{x:?} {y:?}"
+    );
+    let total = meta.project_usage("quo2").await.unwrap().0;
+    assert!(total <= cap, "overshot: {total} > {cap}");
 }
 
 /// An immutable tag is not moved; pushing the manifest it has is fine.
