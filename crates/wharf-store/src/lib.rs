@@ -71,7 +71,8 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// [`delete`](Self::delete) of each digest, one after the other; one
     /// result per digest, in order. For garbage collection: a backend can
-    /// save a round trip per blob.
+    /// save a round trip per blob, and should run the work at a low CPU
+    /// priority, since it is background work that must not delay requests.
     async fn delete_many(&self, digests: &[Digest]) -> Vec<Result<bool, StoreError>> {
         let mut out = Vec::with_capacity(digests.len());
         for d in digests {
