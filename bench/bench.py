@@ -445,6 +445,9 @@ def bench_gc(work):
     try:
         url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
         acc = ["-H", f"Accept: {DOCKER_V2}"]
+        # Both stores were just written: flush them so that neither collection
+        # competes with the kernel writing back the other's files.
+        os.sync()
         quiet = wrk(url, acc)
         # The collection runs beside the server, as `wharf gc` does in production.
         t0 = time.monotonic()
@@ -462,6 +465,7 @@ def bench_gc(work):
         assert freed == GC_MANIFESTS, line
         # distribution: stop it (its collector runs offline), then collect.
         dist.stop()
+        os.sync()
         t0 = time.monotonic()
         subprocess.run(["docker-registry", "garbage-collect", os.path.join(dist.work, "dist.yml")],
                        check=True, capture_output=True)
