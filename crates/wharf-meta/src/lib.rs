@@ -365,6 +365,11 @@ pub trait MetaStore: Send + Sync + 'static {
     // their bytes, then forgets the records it marked. Marks carry the
     // collector's id and time, so a collector that died is taken over only
     // after its marks are old.
+    //
+    // These calls are never on a request path: a backend that does their
+    // work itself should do it at a low CPU priority (the SQLite backend
+    // uses wharf-background), keeping each call's transaction short, since
+    // requests that write wait for it.
 
     /// Removes links created before `before_ms` that no manifest of the same
     /// repository references (blobs uploaded or mounted for a push that never

@@ -247,6 +247,20 @@ impl SqliteMeta {
             .await
             .map_err(backend)?
     }
+
+    /// A write of garbage collection's, on a background thread: one that
+    /// runs only when requests leave the CPU idle. Holding the write lock
+    /// there makes writers wait while requests saturate the CPU, so its
+    /// transactions stay small (the collector's batches).
+    async fn write_in_background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let mut guard = self.writer.clone().lock_owned().await;
+        wharf_background::run("wharf-gc-sql", move || f(&mut guard))
+            .await
+            .map_err(backend)?
+    }
 }
 
 impl SqliteMeta {
@@ -1210,7 +1224,7 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError> {
-        self.write(move |c| {
+        self.write_in_background(move |c| {
             Ok(
                 c.prepare_cached(&format!("DELETE FROM repo_blobs WHERE {STALE_LINK}"))?
                     .execute([before_ms])? as u64,
@@ -1231,7 +1245,7 @@ impl MetaStore for SqliteMeta {
         let owner = owner.to_owned();
         let after = after.map(ToString::to_string).unwrap_or_default();
         let rows: Vec<(String, i64)> = self
-            .write(move |c| {
+            .write_in_background(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 // Marks of a collector that died, first (by the index on
                 // gc_marked_at).
@@ -1276,7 +1290,7 @@ impl MetaStore for SqliteMeta {
     async fn gc_forget(&self, owner: &str, digests: &[Digest]) -> Result<(), MetaError> {
         let owner = owner.to_owned();
         let digests: Vec<String> = digests.iter().map(ToString::to_string).collect();
-        self.write(move |c| {
+        self.write_in_background(move |c| {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached(
@@ -1330,7 +1344,7 @@ impl MetaStore for SqliteMeta {
             })
             .await?
         } else {
-            self.write(move |c| {
+            self.write_in_background(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let found: Vec<(String, String, i64)> = tx
                     .prepare_cached(&select)?

@@ -66,22 +66,6 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
-/// Lowers the calling thread to the lowest CPU priority (nice 19). On Linux
-/// nice is per thread, and an unprivileged thread cannot raise it again, so
-/// only threads that die after their background work may call this. A hint:
-/// failure costs request latency, not correctness.
-#[cfg(target_os = "linux")]
-fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority only take and return integers.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a thread's priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority() {}
-
 pub struct FsBlobStore {
     blobs: PathBuf,
     uploads: PathBuf,
@@ -359,35 +343,23 @@ impl BlobStore for FsBlobStore {
 
     async fn delete_many(&self, digests: &[Digest]) -> Vec<Result<bool, StoreError>> {
         // One thread for the lot: a wake-up and a context switch per blob cost
-        // a collection about as much CPU as the unlinks. Its own thread, not
-        // the blocking pool's, so that it can run at the lowest priority:
+        // a collection about as much CPU as the unlinks. A background one:
         // unlinks are kernel work that, at normal priority, preempts request
-        // handling (measured: pull p99 during a collection 22x its quiet
-        // value with 16 deleting threads at nice 0, 1.6x at nice 19).
+        // handling (pull p99 during a collection was 22x its quiet value with
+        // 16 deleting threads at nice 0).
         let dirs: Vec<PathBuf> = digests.iter().map(|d| self.blob_dir(d)).collect();
         let n = dirs.len();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("wharf-delete".into())
-            .spawn(move || {
-                lower_thread_priority();
-                let _ = tx.send(
-                    dirs.iter()
-                        .map(|d| remove_blob_dir(d).map_err(StoreError::Io))
-                        .collect::<Vec<_>>(),
-                );
-            });
-        let failed = |why: String| {
-            (0..n)
-                .map(|_| Err(StoreError::Io(std::io::Error::other(why.clone()))))
-                .collect()
-        };
-        match spawned {
-            Err(e) => failed(format!("starting a deletion thread: {e}")),
-            Ok(_) => match rx.await {
-                Ok(v) => v,
-                Err(_) => failed("the deletion thread panicked".into()),
-            },
+        let deleted = wharf_background::run("wharf-delete", move || {
+            dirs.iter()
+                .map(|d| remove_blob_dir(d).map_err(StoreError::Io))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match deleted {
+            Ok(v) => v,
+            Err(e) => (0..n)
+                .map(|_| Err(StoreError::Io(std::io::Error::new(e.kind(), e.to_string()))))
+                .collect(),
         }
     }
 

@@ -234,6 +234,10 @@ async fn collect(
 }
 
 fn gc(args: GcArgs) -> anyhow::Result<()> {
+    // The whole process is background work beside a serving registry, so
+    // its start-up and runtime threads (which inherit this) yield to it too,
+    // not only the collection's SQL and deletions.
+    wharf_background::lower_this_thread();
     let path = config_path(args.config);
     let loaded = config::load(path.as_deref(), &env_vars())?;
     let mut cfg = loaded.config;
