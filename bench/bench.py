@@ -8,6 +8,7 @@ throughput and requests per second, lower for time and memory).
 
 Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
 BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_GC_MANIFESTS (10000),
+BENCH_GC_QPS (2000, pulls per second while Wharf collects),
 BENCH_ONLY (blobs, requests, catalog, memory, auth, gc).
 
 The auth section has no distribution counterpart (distribution issues no
@@ -15,12 +16,14 @@ tokens): it runs Wharf alone, pinned to one core, with and without
 auth.builtin.
 """
 import concurrent.futures as cf
+import csv
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +37,8 @@ REPOS = int(os.environ.get("BENCH_REPOS", "10000"))
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 GC_MANIFESTS = int(os.environ.get("BENCH_GC_MANIFESTS", "10000"))
+# Pull rate held while Wharf collects (and before, for comparison).
+GC_QPS = int(os.environ.get("BENCH_GC_QPS", "2000"))
 # Comma-separated subset of: blobs, requests, catalog, memory, auth, gc (default: all).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
@@ -430,10 +435,50 @@ def gc_populate(srv, n):
     return "gc/r001", "t1"
 
 
+def p99(xs):
+    xs = sorted(xs)
+    return xs[max(0, -(-len(xs) * 99 // 100) - 1)]
+
+
+def pull_latencies_around(url, headers, during, lead=3.0):
+    """Pulls `url` at GC_QPS requests per second from 32 connections for
+    `lead` seconds, then while `during()` runs. Open loop: oha sends on
+    schedule and counts each request's latency from when it was due, so a
+    stall shows in full instead of slowing the client down (wrk's
+    coordinated omission). Returns (latencies before, latencies of the
+    requests due while `during` ran, in ms; what `during` returned)."""
+    out = os.path.join(tempfile.gettempdir(), f"wharf-bench-oha-{os.getpid()}.csv")
+    hdrs = [a for h in headers for a in ("-H", h)]
+    t0 = time.monotonic()
+    oha = subprocess.Popen(["oha", "--no-tui", "-z", "600s", "-c", "32", "-q", str(GC_QPS), "--latency-correction",
+                            "--output-format", "csv", "-o", out, *hdrs, url],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(lead)
+        start = time.monotonic() - t0
+        result = during()
+        end = time.monotonic() - t0
+    finally:
+        oha.send_signal(signal.SIGINT)
+        err = oha.communicate()[1]
+    assert oha.returncode == 0, err
+    rows = []
+    with open(out) as f:
+        for row in csv.DictReader(f):
+            assert row["status"] == "200", row
+            rows.append((float(row["request-start"]), float(row["request-duration"]) * 1000))
+    os.remove(out)
+    # The first half second warms connections up.
+    quiet = [d for t, d in rows if 0.5 <= t < start]
+    busy = [d for t, d in rows if start <= t <= end]
+    assert len(quiet) > 100 and len(busy) > 100, (len(quiet), len(busy))
+    return quiet, busy, result
+
+
 def bench_gc(work):
     """distribution's offline garbage-collect against Wharf's online one on the
-    same store shape; Wharf's pull latency with and without a collection."""
-    nan = float("nan")
+    same store shape, each REPS times on a fresh copy of its store; Wharf's
+    pull latency at GC_QPS before and during each of its collections."""
     wharf = Server("wharf", os.path.join(work, "gc-wharf"))
     dist = Server("dist", os.path.join(work, "gc-dist"))
     for s in (wharf, dist):
@@ -442,37 +487,53 @@ def bench_gc(work):
         t0 = time.monotonic()
         repo, tag = gc_populate(s, GC_MANIFESTS)
         log(f"  {s.kind}: {GC_MANIFESTS} manifests, half deleted, in {time.monotonic() - t0:.1f} s")
+        s.stop()
+        shutil.copytree(s.data, s.data + ".template", symlinks=True)
+
+    def fresh(s):
+        shutil.rmtree(s.data)
+        shutil.copytree(s.data + ".template", s.data, symlinks=True)
+        # Flush the copy so that no collection competes with writing it back.
+        os.sync()
+
+    def wharf_gc():
+        # Beside the serving registry, as `wharf gc` runs in production.
+        r = subprocess.run([WHARF, "gc", "--grace", "0s", "--config", os.path.join(wharf.work, "wharf.yml"),
+                            "--data", wharf.data], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
     try:
-        url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
-        acc = ["-H", f"Accept: {DOCKER_V2}"]
-        # Both stores were just written: flush them so that neither collection
-        # competes with the kernel writing back the other's files.
-        os.sync()
-        quiet = wrk(url, acc)
-        # The collection runs beside the server, as `wharf gc` does in production.
-        t0 = time.monotonic()
-        gc = subprocess.Popen([WHARF, "gc", "--grace", "0s", "--data", wharf.data],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency", *acc, url],
-                             check=True, capture_output=True, text=True).stdout
-        line = gc.communicate()[0]
-        assert gc.returncode == 0, line
-        m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-        busy_p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-        wharf_s = float(re.search(r"; ([\d.]+) s", line).group(1))
-        log(f"  wharf gc: {line.strip()} (wall {time.monotonic() - t0:.2f} s with wrk beside)")
-        freed = int(re.search(r"freed (\d+) blobs", line).group(1))
-        assert freed == GC_MANIFESTS, line
-        # distribution: stop it (its collector runs offline), then collect.
-        dist.stop()
-        os.sync()
-        t0 = time.monotonic()
-        subprocess.run(["docker-registry", "garbage-collect", os.path.join(dist.work, "dist.yml")],
-                       check=True, capture_output=True)
-        dist_s = time.monotonic() - t0
-        record(f"garbage collection, {GC_MANIFESTS} manifests, half deleted", "s", wharf_s, dist_s, "lower")
-        record("GET manifest p99 without a collection", "ms", quiet[1], nan, "lower")
-        record("GET manifest p99 while `wharf gc` runs beside", "ms", busy_p99, nan, "lower")
+        secs, quiet_p99s, busy_p99s, ratios = [], [], [], []
+        for i in range(REPS):
+            fresh(wharf)
+            wharf.start()
+            url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
+            quiet, busy, line = pull_latencies_around(url, [f"Accept: {DOCKER_V2}"], wharf_gc)
+            wharf.stop()
+            freed = int(re.search(r"freed (\d+) blobs", line).group(1))
+            assert freed == GC_MANIFESTS, line
+            secs.append(float(re.search(r"; ([\d.]+) s", line).group(1)))
+            quiet_p99s.append(p99(quiet))
+            busy_p99s.append(p99(busy))
+            ratios.append(busy_p99s[-1] / quiet_p99s[-1])
+            log(f"  wharf gc {i + 1}: {line.strip()}; pull p99 {quiet_p99s[-1]:.2f} ms before "
+                f"({len(quiet)} pulls), {busy_p99s[-1]:.2f} ms during ({len(busy)} pulls): {ratios[-1]:.2f}x")
+        dist_secs = []
+        for i in range(REPS):
+            # distribution's collector runs offline: its server stays stopped.
+            fresh(dist)
+            t0 = time.monotonic()
+            subprocess.run(["docker-registry", "garbage-collect", os.path.join(dist.work, "dist.yml")],
+                           check=True, capture_output=True)
+            dist_secs.append(time.monotonic() - t0)
+            log(f"  distribution garbage-collect {i + 1}: {dist_secs[-1]:.2f} s")
+        nan = float("nan")
+        med = statistics.median
+        record(f"garbage collection, {GC_MANIFESTS} manifests, half deleted", "s", med(secs), med(dist_secs), "lower")
+        record(f"GET manifest p99 at {GC_QPS}/s, no collection", "ms", med(quiet_p99s), nan, "lower")
+        record(f"GET manifest p99 at {GC_QPS}/s, `wharf gc` beside", "ms", med(busy_p99s), nan, "lower")
+        record("  p99 during a collection / p99 before it", "x", med(ratios), nan, "lower")
     finally:
         for s in (wharf, dist):
             s.stop()
@@ -492,7 +553,7 @@ def bench_memory(servers):
 
 
 def main():
-    for tool in ("docker-registry", "wrk", "ab", "curl"):
+    for tool in ("docker-registry", "wrk", "ab", "curl", "oha"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run bench/run.sh, which installs it")
     work = tempfile.mkdtemp(prefix="wharf-bench-", dir=os.environ.get("BENCH_DIR"))

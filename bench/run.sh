@@ -11,5 +11,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# An open-loop load generator for pull latency during garbage collection.
+command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
 cargo build --release --locked -p wharf
 exec python3 bench/bench.py "$@"
