@@ -5,7 +5,7 @@
 //! cross `/`. Repository patterns match the name inside the project (`app/x`
 //! for `team/app/x`), tag patterns the tag.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -147,8 +147,7 @@ pub struct RetentionReport {
     pub dry_run: bool,
     /// Tags removed (or to remove), by repository and tag.
     pub tags: Vec<TagInfo>,
-    /// Manifests that went with their last tag (in a dry run: that would
-    /// lose their last tag).
+    /// Manifests that went with their last tag (in a dry run: that would).
     pub manifests: u64,
 }
 
@@ -302,16 +301,8 @@ impl Registry {
         let tags = self.meta.project_tags(project).await?;
         let victims = policy.retention_victims(&tags, now_ms());
         if dry_run {
-            let going: HashSet<(&RepoName, &str)> =
-                victims.iter().map(|t| (&t.repo, t.tag.as_str())).collect();
-            let mut last: HashMap<(&RepoName, &Digest), bool> = HashMap::new();
-            for t in &tags {
-                let all_go = going.contains(&(&t.repo, t.tag.as_str()));
-                last.entry((&t.repo, &t.digest))
-                    .and_modify(|v| *v &= all_go)
-                    .or_insert(all_go);
-            }
-            report.manifests = last.values().filter(|v| **v).count() as u64;
+            let edges = self.meta.project_index_children(project).await?;
+            report.manifests = manifests_going(&tags, &victims, &edges);
             report.tags = victims;
             return Ok(report);
         }
@@ -341,6 +332,46 @@ impl Registry {
         metrics::counter!("wharf_retention_tags_deleted_total").increment(report.tags.len() as u64);
         Ok(report)
     }
+}
+
+/// How many manifests deleting `victims` in order would remove, as
+/// `delete_tag_and_untagged` decides it: a manifest goes when its last tag
+/// does, unless an index still there lists it; an index that goes stops
+/// holding its children, so a child whose last tag goes later goes too.
+fn manifests_going(
+    tags: &[TagInfo],
+    victims: &[TagInfo],
+    edges: &[(RepoName, Digest, Digest)],
+) -> u64 {
+    type Key<'a> = (&'a RepoName, &'a Digest);
+    let mut tags_left: HashMap<Key, usize> = HashMap::new();
+    for t in tags {
+        *tags_left.entry((&t.repo, &t.digest)).or_default() += 1;
+    }
+    let mut listed_by: HashMap<Key, usize> = HashMap::new();
+    let mut children: HashMap<Key, Vec<&Digest>> = HashMap::new();
+    for (repo, index, child) in edges {
+        *listed_by.entry((repo, child)).or_default() += 1;
+        children.entry((repo, index)).or_default().push(child);
+    }
+    let mut gone = 0;
+    for v in victims {
+        let key = (&v.repo, &v.digest);
+        let Some(left) = tags_left.get_mut(&key) else {
+            continue;
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 || listed_by.get(&key).is_some_and(|n| *n > 0) {
+            continue;
+        }
+        gone += 1;
+        for child in children.remove(&key).unwrap_or_default() {
+            if let Some(n) = listed_by.get_mut(&(&v.repo, child)) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+    gone
 }
 
 /// How often pulls noted in memory are written.
@@ -377,6 +408,40 @@ mod tests {
             .into_iter()
             .map(|t| format!("{}:{}", t.repo, t.tag))
             .collect()
+    }
+
+    #[test]
+    fn a_dry_run_counts_the_manifests_a_real_run_removes() {
+        let index = info("team/app", "multi", 1, None);
+        let child = info("team/app", "amd64", 2, None);
+        let alias = TagInfo {
+            tag: "amd64-alias".into(),
+            ..child.clone()
+        };
+        // The child's digest, in another repository.
+        let other = TagInfo {
+            repo: "team/other".parse().unwrap(),
+            ..child.clone()
+        };
+        let tags = vec![index.clone(), child.clone(), alias.clone(), other.clone()];
+        let edges = vec![(
+            index.repo.clone(),
+            index.digest.clone(),
+            child.digest.clone(),
+        )];
+        let going = |v: &[&TagInfo]| {
+            let v: Vec<TagInfo> = v.iter().map(|t| (*t).clone()).collect();
+            manifests_going(&tags, &v, &edges)
+        };
+        // The index still lists the child when its last tag goes: it stays.
+        assert_eq!(going(&[&child, &alias, &index]), 1);
+        // The index went first: the child goes with its last tag.
+        assert_eq!(going(&[&index, &child, &alias]), 2);
+        // A tag goes, another still points at the manifest.
+        assert_eq!(going(&[&alias]), 0);
+        // Edges are per repository: the same digest elsewhere is not listed.
+        assert_eq!(going(&[&other]), 1);
+        assert_eq!(going(&[]), 0);
     }
 
     #[test]

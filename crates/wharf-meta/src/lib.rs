@@ -288,6 +288,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// ordered by repository, then newest push first.
     async fn project_tags(&self, project: &str) -> Result<Vec<TagInfo>, MetaError>;
 
+    /// Every index → child edge in a project's repositories, as
+    /// (repository, index digest, child digest), in no particular order.
+    async fn project_index_children(
+        &self,
+        project: &str,
+    ) -> Result<Vec<(RepoName, Digest, Digest)>, MetaError>;
+
     /// The tags of `repo` that point at `digest`, sorted.
     async fn manifest_tags(
         &self,

@@ -869,6 +869,34 @@ impl MetaStore for SqliteMeta {
             .collect()
     }
 
+    async fn project_index_children(
+        &self,
+        project: &str,
+    ) -> Result<Vec<(RepoName, Digest, Digest)>, MetaError> {
+        let project = project.to_owned();
+        let rows: Vec<(String, String, String)> = self
+            .read(move |c| {
+                let (filter, arg) = project_filter(&project);
+                Ok(c.prepare_cached(&format!(
+                    "SELECT r.name, mc.manifest_digest, mc.child_digest \
+                     FROM manifest_children mc JOIN repositories r ON r.id = mc.repo_id \
+                     WHERE {filter}"
+                ))?
+                .query_map([&arg], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(repo, index, child)| {
+                Ok((
+                    repo.parse().map_err(backend)?,
+                    parse_digest(&index)?,
+                    parse_digest(&child)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn manifest_tags(
         &self,
         repo: &RepoName,

@@ -385,6 +385,16 @@ pub async fn retention_queries(meta: &dyn MetaStore) {
         "by repository, newest push first, pull times never moving back"
     );
     assert!(tags[0].pushed_at_ms > tags[2].pushed_at_ms);
+    assert_eq!(
+        meta.project_index_children("ret").await.unwrap(),
+        [(b.clone(), idx.digest.clone(), m3.digest.clone())]
+    );
+    assert!(
+        meta.project_index_children("other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Not at that digest any more: nothing happens.
     assert_eq!(
         meta.delete_tag_and_untagged(&a, &tag("new"), &m1.digest)
