@@ -497,11 +497,13 @@ def bench_gc(work):
         os.sync()
 
     def wharf_gc():
-        # Beside the serving registry, as `wharf gc` runs in production.
+        # Beside the serving registry, as `wharf gc` runs in production;
+        # timed as distribution's is, process start to exit.
+        t0 = time.monotonic()
         r = subprocess.run([WHARF, "gc", "--grace", "0s", "--config", os.path.join(wharf.work, "wharf.yml"),
                             "--data", wharf.data], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        return r.stdout
+        return r.stdout, time.monotonic() - t0
 
     try:
         secs, quiet_p99s, busy_p99s, ratios = [], [], [], []
@@ -509,15 +511,15 @@ def bench_gc(work):
             fresh(wharf)
             wharf.start()
             url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
-            quiet, busy, line = pull_latencies_around(url, [f"Accept: {DOCKER_V2}"], wharf_gc)
+            quiet, busy, (line, wall) = pull_latencies_around(url, [f"Accept: {DOCKER_V2}"], wharf_gc)
             wharf.stop()
             freed = int(re.search(r"freed (\d+) blobs", line).group(1))
             assert freed == GC_MANIFESTS, line
-            secs.append(float(re.search(r"; ([\d.]+) s", line).group(1)))
+            secs.append(wall)
             quiet_p99s.append(p99(quiet))
             busy_p99s.append(p99(busy))
             ratios.append(busy_p99s[-1] / quiet_p99s[-1])
-            log(f"  wharf gc {i + 1}: {line.strip()}; pull p99 {quiet_p99s[-1]:.2f} ms before "
+            log(f"  wharf gc {i + 1}: {line.strip()} ({wall:.2f} s with start-up); pull p99 {quiet_p99s[-1]:.2f} ms before "
                 f"({len(quiet)} pulls), {busy_p99s[-1]:.2f} ms during ({len(busy)} pulls): {ratios[-1]:.2f}x")
         dist_secs = []
         for i in range(REPS):
