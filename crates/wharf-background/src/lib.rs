@@ -28,18 +28,11 @@ pub async fn run<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            lower_priority();
+            lower_this_thread();
             let _ = tx.send(f());
         })?;
     rx.await
         .map_err(|_| io::Error::other(format!("background thread {name} panicked")))
-}
-
-/// Lowers the calling thread, and with it every thread it starts from now
-/// on, to the priority `run` gives its jobs, for good. For a process that is
-/// all background work (`wharf gc`): call it before starting the runtime.
-pub fn lower_this_thread() {
-    lower_priority();
 }
 
 /// I/O priority best-effort (class 2), level 7 of 0-7, as `ioprio_set`
@@ -49,9 +42,12 @@ const IOPRIO_BE_LOWEST: libc::c_long = (2 << 13) | 7;
 #[cfg(target_os = "linux")]
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 
+/// Lowers the calling thread, and with it every thread it starts from now
+/// on, to the priority `run` gives its jobs, for good. For a process that is
+/// all background work (`wharf gc`): call it before starting the runtime.
 /// A hint: failure costs request latency, not correctness.
 #[cfg(target_os = "linux")]
-fn lower_priority() {
+pub fn lower_this_thread() {
     // SAFETY: ioprio_set only reads its integer arguments; who 0 is the
     // calling thread. Set before the class, which would otherwise imply idle
     // I/O priority.
@@ -80,7 +76,7 @@ fn lower_priority() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+pub fn lower_this_thread() {}
 
 #[cfg(test)]
 mod tests {
