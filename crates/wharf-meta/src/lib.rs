@@ -380,7 +380,8 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Removes links created before `before_ms` that no manifest of the same
     /// repository references (blobs uploaded or mounted for a push that never
-    /// came). Returns how many.
+    /// came). Returns how many. There can be any number, so a backend with
+    /// transactions works in bounded batches, each committed on its own.
     async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError>;
 
     /// Marks up to `limit` deletable blobs (see above; recorded before

@@ -248,6 +248,51 @@ impl SqliteMeta {
             .map_err(backend)?
     }
 
+    /// Drops stale links `batch` at a time, each batch its own transaction,
+    /// walking the primary key from where the last one stopped: writers wait
+    /// for one batch, not for the whole sweep, and no link is read twice.
+    async fn drop_stale_links_in_batches(
+        &self,
+        before_ms: i64,
+        batch: usize,
+    ) -> Result<u64, MetaError> {
+        let mut after: (i64, String) = (i64::MIN, String::new());
+        let mut dropped = 0;
+        loop {
+            let from = after.clone();
+            let keys: Vec<(i64, String)> = self
+                .write_in_background(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let keys = tx
+                        .prepare_cached(&format!(
+                            "SELECT repo_id, digest FROM repo_blobs \
+                             WHERE (repo_id, digest) > (?2, ?3) AND {STALE_LINK} \
+                             ORDER BY repo_id, digest LIMIT ?4"
+                        ))?
+                        .query_map(params![before_ms, from.0, from.1, batch as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
+                        .collect::<Result<Vec<(i64, String)>, _>>()?;
+                    {
+                        let mut delete = tx.prepare_cached(
+                            "DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2",
+                        )?;
+                        for (repo, digest) in &keys {
+                            delete.execute(params![repo, digest])?;
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(keys)
+                })
+                .await?;
+            dropped += keys.len() as u64;
+            match keys.last() {
+                Some(last) if keys.len() == batch => after = last.clone(),
+                _ => return Ok(dropped),
+            }
+        }
+    }
+
     /// A write of garbage collection's, on a background thread: one that
     /// runs only when requests leave the CPU idle. Holding the write lock
     /// there makes writers wait while requests saturate the CPU, so its
@@ -461,6 +506,8 @@ const UNTAGGED_UNUSED: &str = "m.untagged_at IS NOT NULL AND m.untagged_at < ?1 
      AND NOT (m.subject IS NOT NULL AND EXISTS \
           (SELECT 1 FROM manifests s WHERE s.repo_id = m.repo_id AND s.digest = m.subject))";
 
+/// Stale links dropped per transaction.
+const LINK_BATCH: usize = 2000;
 /// A link (`repo_blobs`) made before `?1` that no manifest of its repository uses.
 const STALE_LINK: &str = "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
      WHERE mb.repo_id = repo_blobs.repo_id AND mb.blob_digest = repo_blobs.digest)";
@@ -1252,13 +1299,8 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError> {
-        self.write_in_background(move |c| {
-            Ok(
-                c.prepare_cached(&format!("DELETE FROM repo_blobs WHERE {STALE_LINK}"))?
-                    .execute([before_ms])? as u64,
-            )
-        })
-        .await
+        self.drop_stale_links_in_batches(before_ms, LINK_BATCH)
+            .await
     }
 
     async fn gc_mark(
@@ -1412,6 +1454,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
         crate::testsuite::run_all(&meta).await;
+    }
+
+    #[tokio::test]
+    async fn stale_links_go_batch_after_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
+        let used = Digest::sha256_of(b"used");
+        meta.record_blob(&used, 1, 1).await.unwrap();
+        // Five repositories link `used` and four more blobs; two of them keep
+        // `used` with a manifest, so 2 links stay and 23 are stale, across
+        // batches that end on links that stay and on links that go.
+        let mut kept = Vec::new();
+        for r in 0..5 {
+            let repo: RepoName = format!("links/r{r}").parse().unwrap();
+            meta.link_blob(&repo, &used).await.unwrap();
+            for b in 0..4 {
+                let d = Digest::sha256_of(format!("{r}-{b}").as_bytes());
+                meta.record_blob(&d, 1, 1).await.unwrap();
+                meta.link_blob(&repo, &d).await.unwrap();
+            }
+            if r % 2 == 1 {
+                let body = format!("{{\"m\":{r}}}");
+                let m = ManifestRecord {
+                    digest: Digest::sha256_of(body.as_bytes()),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    content: body.into_bytes(),
+                    artifact_type: None,
+                    subject: None,
+                    annotations: None,
+                };
+                let refs = ManifestRefs {
+                    blobs: vec![used.clone()],
+                    children: vec![],
+                };
+                meta.put_manifest(&repo, &m, &refs, None).await.unwrap();
+                kept.push(repo);
+            }
+        }
+        let far = i64::MAX / 2;
+        assert_eq!(meta.drop_stale_links_in_batches(far, 3).await.unwrap(), 23);
+        assert_eq!(meta.drop_stale_links_in_batches(far, 3).await.unwrap(), 0);
+        for repo in &kept {
+            assert_eq!(meta.blob_in_repo(repo, &used).await.unwrap(), Some(1));
+        }
+        let dropped: RepoName = "links/r0".parse().unwrap();
+        assert_eq!(meta.blob_in_repo(&dropped, &used).await.unwrap(), None);
     }
 
     #[tokio::test]
