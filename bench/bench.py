@@ -41,7 +41,7 @@ GC_MANIFESTS = int(os.environ.get("BENCH_GC_MANIFESTS", "10000"))
 # Pull rate held while Wharf collects (and before, for comparison).
 GC_QPS = int(os.environ.get("BENCH_GC_QPS", "2000"))
 # A collection's p99 rests on ~1,500 pulls and varies from one collection to
-# the next (1.1-3.3x its quiet value on the same code): more of them than
+# the next (1.1-5.7x its quiet value on the same code): more of them than
 # BENCH_REPS, for a median that holds from run to run.
 GC_REPS = int(os.environ.get("BENCH_GC_REPS", "5"))
 # Comma-separated subset of: blobs, requests, catalog, memory, auth, gc (default: all).

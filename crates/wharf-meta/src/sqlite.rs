@@ -1463,8 +1463,8 @@ mod tests {
         let used = Digest::sha256_of(b"used");
         meta.record_blob(&used, 1, 1).await.unwrap();
         // Five repositories link `used` and four more blobs; two of them keep
-        // `used` with a manifest, so 2 links stay and 23 are stale, across
-        // batches that end on links that stay and on links that go.
+        // `used` with a manifest, so 2 links stay and 23 are stale: batches
+        // of 3 must walk past the kept links and on to the last stale one.
         let mut kept = Vec::new();
         for r in 0..5 {
             let repo: RepoName = format!("links/r{r}").parse().unwrap();
