@@ -489,15 +489,6 @@ def bench_gc(work):
     pull latency at GC_QPS before and during each of its collections."""
     wharf = Server("wharf", os.path.join(work, "gc-wharf"))
     dist = Server("dist", os.path.join(work, "gc-dist"))
-    for s in (wharf, dist):
-        os.makedirs(s.work, exist_ok=True)
-        s.start()
-        t0 = time.monotonic()
-        repo, tag = gc_populate(s, GC_MANIFESTS)
-        log(f"  {s.kind}: {GC_MANIFESTS} manifests, half deleted, in {time.monotonic() - t0:.1f} s")
-        s.stop()
-        shutil.copytree(s.data, s.data + ".template", symlinks=True)
-
     def fresh(s):
         shutil.rmtree(s.data)
         shutil.copytree(s.data + ".template", s.data, symlinks=True)
@@ -514,6 +505,15 @@ def bench_gc(work):
         return r.stdout, time.monotonic() - t0
 
     try:
+        # Inside the try: a failed population must not leave a server running.
+        for s in (wharf, dist):
+            os.makedirs(s.work, exist_ok=True)
+            s.start()
+            t0 = time.monotonic()
+            repo, tag = gc_populate(s, GC_MANIFESTS)
+            log(f"  {s.kind}: {GC_MANIFESTS} manifests, half deleted, in {time.monotonic() - t0:.1f} s")
+            s.stop()
+            shutil.copytree(s.data, s.data + ".template", symlinks=True)
         secs, quiet_p99s, busy_p99s, ratios = [], [], [], []
         for i in range(GC_REPS):
             fresh(wharf)
