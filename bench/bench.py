@@ -462,20 +462,24 @@ def pull_latencies_around(url, headers, during, lead=3.0):
                             "--output-format", "csv", "-o", out, *hdrs, url],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(lead)
-        start = time.monotonic() - t0
-        result = during()
-        end = time.monotonic() - t0
+        try:
+            time.sleep(lead)
+            start = time.monotonic() - t0
+            result = during()
+            end = time.monotonic() - t0
+        finally:
+            oha.send_signal(signal.SIGINT)
+            err = oha.communicate()[1]
+        assert oha.returncode == 0, err
+        rows = []
+        with open(out) as f:
+            for row in csv.DictReader(f):
+                assert row["status"] == "200", row
+                rows.append((float(row["request-start"]), float(row["request-duration"]) * 1000))
     finally:
-        oha.send_signal(signal.SIGINT)
-        err = oha.communicate()[1]
-    assert oha.returncode == 0, err
-    rows = []
-    with open(out) as f:
-        for row in csv.DictReader(f):
-            assert row["status"] == "200", row
-            rows.append((float(row["request-start"]), float(row["request-duration"]) * 1000))
-    os.remove(out)
+        # Also when a collection failed, or oha did.
+        if os.path.exists(out):
+            os.remove(out)
     # The first half second warms connections up.
     quiet = [d for t, d in rows if 0.5 <= t < start]
     busy = [d for t, d in rows if start <= t <= end]
