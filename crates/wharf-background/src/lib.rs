@@ -7,10 +7,20 @@
 //! scheduling class runs a thread only when nothing else wants the CPU and
 //! preempts it at once when a request handler wakes up.
 //!
+//! Not quite always: a handler that another wake-up preempted can be, for
+//! the EEVDF scheduler, ahead of its share and not eligible, and then the
+//! scheduler picks an idle-class thread, which keeps the CPU until the next
+//! tick (4 ms at 250 Hz) while the handler waits. `perf sched` caught 2-4 ms
+//! waits of this kind during collections. So background work also [`cede`]s
+//! every few tens of microseconds: each yield makes the scheduler choose
+//! again, and by then the handler is eligible (an idle-class thread's virtual
+//! time runs about 340 times faster than a normal one's).
+//!
 //! Priority is per thread and an unprivileged thread cannot raise it again,
 //! so each job gets a fresh thread that dies with it: a pool thread (tokio's
 //! blocking pool) lowered once would later serve requests at that priority.
 
+use std::cell::Cell;
 use std::io;
 
 /// Runs `f` on a new thread named `name` in the idle scheduling class (nice
@@ -48,6 +58,7 @@ const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 /// A hint: failure costs request latency, not correctness.
 #[cfg(target_os = "linux")]
 pub fn lower_this_thread() {
+    LOWERED.with(|l| l.set(Some(true)));
     // SAFETY: ioprio_set only reads its integer arguments; who 0 is the
     // calling thread. Set before the class, which would otherwise imply idle
     // I/O priority.
@@ -77,6 +88,46 @@ pub fn lower_this_thread() {
 
 #[cfg(not(target_os = "linux"))]
 pub fn lower_this_thread() {}
+
+thread_local! {
+    /// Whether this thread runs at background priority: set by
+    /// `lower_this_thread`, else asked of the kernel once, for threads that
+    /// inherited it from the thread that started them.
+    static LOWERED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// On a background thread, gives the CPU to whoever is waiting for it; on
+/// any other thread, nothing. Long background work calls it every few tens
+/// of microseconds (see the module's doc); it costs a system call that
+/// returns at once when nobody waits.
+pub fn cede() {
+    let lowered = LOWERED.with(|l| {
+        l.get().unwrap_or_else(|| {
+            let v = lowered_by_kernel();
+            l.set(Some(v));
+            v
+        })
+    });
+    if lowered {
+        std::thread::yield_now();
+    }
+}
+
+/// The calling thread is in the idle class, or at nice 19.
+#[cfg(target_os = "linux")]
+fn lowered_by_kernel() -> bool {
+    // SAFETY: sched_getscheduler, gettid and getpriority only take and
+    // return integers.
+    unsafe {
+        libc::sched_getscheduler(0) == libc::SCHED_IDLE
+            || libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) == 19
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowered_by_kernel() -> bool {
+    false
+}
 
 #[cfg(test)]
 mod tests {
@@ -118,6 +169,34 @@ mod tests {
         // The caller's own thread is untouched.
         // SAFETY: as above.
         assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cede_tells_background_threads_from_request_threads() {
+        let seen = |f: fn() -> Option<bool>| std::thread::spawn(f).join().unwrap();
+        // A request thread: asked of the kernel once, then remembered.
+        assert_eq!(
+            seen(|| {
+                cede();
+                LOWERED.with(Cell::get)
+            }),
+            Some(false)
+        );
+        // A thread that inherited the idle class, as `wharf gc`'s runtime
+        // threads do: the kernel says so.
+        assert_eq!(
+            seen(|| {
+                lower_this_thread();
+                std::thread::spawn(|| {
+                    cede();
+                    LOWERED.with(Cell::get)
+                })
+                .join()
+                .unwrap()
+            }),
+            Some(true)
+        );
     }
 
     #[cfg(target_os = "linux")]

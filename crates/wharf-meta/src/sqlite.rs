@@ -109,12 +109,13 @@ impl ReaderPool {
         if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok(c);
         }
-        let c = Connection::open_with_flags(
+        let mut c = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         c.busy_timeout(Duration::from_secs(10))?;
         stable_plans(&c)?;
+        cede_in_background(&mut c)?;
         Ok(c)
     }
 
@@ -140,6 +141,24 @@ fn stable_plans(c: &Connection) -> Result<(), MetaError> {
     c.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
+    )?;
+    Ok(())
+}
+
+/// SQLite virtual-machine steps between two calls of the progress handler:
+/// some tens of microseconds.
+const CEDE_EVERY_STEPS: std::os::raw::c_int = 1000;
+
+/// Makes a long statement run on a background thread (a garbage collection's
+/// marking, `wharf gc` in its own process) cede the CPU as it goes; see
+/// `wharf_background::cede`. On request threads the handler does nothing.
+fn cede_in_background(c: &mut Connection) -> Result<(), MetaError> {
+    c.progress_handler(
+        CEDE_EVERY_STEPS,
+        Some(|| {
+            wharf_background::cede();
+            false
+        }),
     )?;
     Ok(())
 }
@@ -210,6 +229,7 @@ impl SqliteMeta {
             c.pragma_update(None, "synchronous", "FULL")?;
             c.pragma_update(None, "foreign_keys", true)?;
             stable_plans(&c)?;
+            cede_in_background(&mut c)?;
             migrate(&mut c)?;
             Ok(c)
         })
