@@ -855,15 +855,23 @@ async fn stale_uploads_are_purged() {
     // Younger than the age: kept.
     let n = reg
         .registry
-        .purge_stale_uploads(std::time::Duration::from_secs(3600))
+        .purge_stale_uploads(std::time::Duration::from_secs(3600), false)
         .await
         .unwrap();
     assert_eq!(n, 0);
     assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 204);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // A dry run counts it and removes nothing.
     let n = reg
         .registry
-        .purge_stale_uploads(std::time::Duration::from_millis(10))
+        .purge_stale_uploads(std::time::Duration::from_millis(10), true)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(reg.client.get(&loc).send().await.unwrap().status(), 204);
+    let n = reg
+        .registry
+        .purge_stale_uploads(std::time::Duration::from_millis(10), false)
         .await
         .unwrap();
     assert_eq!(n, 1);

@@ -472,12 +472,24 @@ impl Registry {
         r
     }
 
-    /// Removes upload sessions idle for longer than `age`. Returns how many.
-    pub async fn purge_stale_uploads(&self, age: Duration) -> Result<usize, CoreError> {
-        let before = now_ms() - age.as_millis() as i64;
+    /// Removes upload sessions idle for longer than `age` (with `dry_run`,
+    /// only counts them). Returns how many.
+    pub async fn purge_stale_uploads(
+        &self,
+        age: Duration,
+        dry_run: bool,
+    ) -> Result<usize, CoreError> {
+        let before = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let ids = self.meta.stale_uploads(before).await?;
+        if dry_run {
+            for id in &ids {
+                tracing::info!(upload = %id, "stale upload session would be removed (dry run)");
+            }
+            return Ok(ids.len());
+        }
         let mut n = 0;
         for id in ids {
+            // A request working on it now makes it not stale after all.
             let Ok(_busy) = self.claim(&id) else { continue };
             self.meta.delete_upload(&id).await?;
             self.blobs.delete_upload(&id).await?;

@@ -429,12 +429,12 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(p.interval);
             loop {
                 tick.tick().await;
-                if p.dryrun {
-                    tracing::info!("upload purging is in dry-run mode; nothing removed");
-                    continue;
-                }
-                match reg.purge_stale_uploads(p.age).await {
+                match reg.purge_stale_uploads(p.age, p.dryrun).await {
                     Ok(0) => {}
+                    Ok(n) if p.dryrun => tracing::info!(
+                        stale = n,
+                        "upload purging is in dry-run mode: would remove stale upload sessions"
+                    ),
                     Ok(n) => tracing::info!(purged = n, "removed stale upload sessions"),
                     Err(e) => tracing::error!(error = %e, "purging stale uploads failed"),
                 }

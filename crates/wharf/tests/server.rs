@@ -258,3 +258,99 @@ async fn builtin_auth_first_start() {
     let log = std::fs::read_to_string(dir.path().join("0.0.0.0_0.err")).unwrap();
     assert!(log.contains("without TLS"), "{log}");
 }
+
+/// Starts `wharf serve` whose upload purging looks every 200 ms for sessions
+/// idle for 1 s, and opens a session holding a few bytes. Returns the
+/// server, the session's URL and its data file.
+async fn server_with_quick_purging(
+    dir: &std::path::Path,
+    dryrun: bool,
+) -> (Server, String, std::path::PathBuf) {
+    let cfg = dir.join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  maintenance:\n    uploadpurging: {{enabled: true, age: 1s, interval: 200ms, dryrun: {dryrun}}}\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--config", cfg.to_str().unwrap()], &[]);
+    let client = common::client();
+    let r = client
+        .post(server.url("/v2/idle/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = client.patch(&loc).body("partial").send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let uploads: Vec<_> = std::fs::read_dir(data.join("wharf/uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    (server, loc, uploads[0].clone())
+}
+
+/// `storage.maintenance.uploadpurging` in a running server: an abandoned
+/// upload's session and bytes go once it has been idle for `age`.
+#[tokio::test]
+async fn scheduled_purging_removes_abandoned_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, loc, file) = server_with_quick_purging(dir.path(), false).await;
+    let client = common::client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = client.get(&loc).send().await.unwrap().status();
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 204);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session was not purged; stderr: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists(), "the session's data stayed behind");
+    // A client coming back to the purged session is told plainly.
+    let r = client.patch(&loc).body("more").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
+    let stderr = server.stderr();
+    assert!(stderr.contains("removed stale upload sessions"), "{stderr}");
+}
+
+/// With `dryrun`, the schedule reports the idle session and keeps it.
+#[tokio::test]
+async fn scheduled_purging_dry_run_keeps_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, loc, file) = server_with_quick_purging(dir.path(), true).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server
+        .stderr()
+        .contains("would remove stale upload sessions")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dry run reported nothing; stderr: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = common::client();
+    assert_eq!(client.get(&loc).send().await.unwrap().status(), 204);
+    assert!(file.exists());
+    // The session still works: finishing it stores the blob.
+    let d = sha256(b"partial");
+    let r = client
+        .put(format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
