@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wharf_meta::AuditEntry;
 /// The records access control is made of, re-exported for the API layer.
 pub use wharf_meta::{
     AuditFilter, AuthStore, Credential, CredentialKind, MetaError, Permission, Project, Role, User,
@@ -356,15 +355,7 @@ impl Auth {
         outcome: &str,
     ) {
         self.audit
-            .record(AuditEntry {
-                at_ms: now_ms(),
-                actor: actor.into(),
-                addr: addr.map(|a| a.to_string()).unwrap_or_default(),
-                action: action.to_owned(),
-                resource: resource.into(),
-                outcome: outcome.to_owned(),
-                detail: None,
-            })
+            .record_now(actor, addr, action, resource, outcome)
             .await;
     }
 

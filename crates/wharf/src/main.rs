@@ -511,6 +511,10 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     if let Err(e) = registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording pull times failed");
     }
+    // The last second of records would otherwise go with the process.
+    if let Some(auth) = &state.auth {
+        auth.audit_log().flush().await;
+    }
     tracing::info!("wharf stopped");
     Ok(())
 }

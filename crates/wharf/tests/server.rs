@@ -354,3 +354,41 @@ async fn scheduled_purging_dry_run_keeps_uploads() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
+
+/// The audit writer batches records for up to a second; a graceful shutdown
+/// writes what it holds instead of dropping it.
+#[tokio::test]
+async fn audit_records_survive_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "auth:\n  builtin: {}\n").unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let env = [("WHARF_ADMIN_PASSWORD", "admin-secret-1")];
+    let server = Server::start(&data, &args, &env);
+    let client = common::client();
+    let r = client
+        .post(server.url("/api/v1/projects"))
+        .basic_auth("admin", Some("admin-secret-1"))
+        .json(&serde_json::json!({"name": "just-before-exit"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    server.sigterm();
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "wharf exited with {status}");
+
+    let server = Server::start(&data, &args, &env);
+    let r = client
+        .get(server.url("/api/v1/audit?action=project.create"))
+        .basic_auth("admin", Some("admin-secret-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(rows[0]["resource"], "just-before-exit", "{rows}");
+    assert_eq!(rows[0]["actor"], "admin", "{rows}");
+}
