@@ -72,6 +72,19 @@ client_policy() {
   REGISTRY_STORAGE_MAINTENANCE_RETENTION_INTERVAL=1s start_wharf wharf-policy --config <(printf 'auth:\n  builtin: {}\n') || { FAIL=$((FAIL + 1)); return; }
   check "policy: the scheduled run keeps the newest two" bash -c \
     "for i in \$(seq 1 50); do [ \"\$(curl -sS -u admin:admin-secret-1 http://$REG/v2/team/ret/tags/list | jq -c .tags)\" = '[\"r5\",\"r6\"]' ] && exit 0; sleep 0.1; done; exit 1"
+
+  echo "--- untagged manifests"
+  printf 'auth:\n  builtin: {}\n' >"$w/builtin.yml"
+  check "policy: skopeo push team/untag:latest" skopeo copy $cr "oci:$L:amd64" "docker://$REG/team/untag:latest"
+  check "policy: skopeo push another image to latest: the first loses its tag" skopeo copy $cr "oci:$L:arm64" "docker://$REG/team/untag:latest"
+  check "policy: wharf gc beside the server deletes the untagged manifest" bash -c \
+    "$WHARF gc --config $w/builtin.yml --data $WHARF_DIR/data --grace 0s --untagged-age 0s | grep -q ', 1 untagged manifests'"
+  check "policy: the audit log names it, deleted by system:gc (CLI)" bash -c \
+    "$WHARF audit --action gc.untagged.delete | grep system:gc | grep -q team/untag@$(oci_manifest_digest "$L" amd64)"
+  check "policy: latest still pulls" skopeo copy --src-tls-verify=false --src-creds admin:admin-secret-1 "docker://$REG/team/untag:latest" "oci:$w/back:untag"
+  check_eq "policy: latest pulled back identical" "$(oci_manifest_digest "$L" arm64)" "$(oci_manifest_digest "$w/back" untag)"
+  check_eq "policy: the untagged one is gone" "404" \
+    "$(curl_reg -u admin:admin-secret-1 -s -o /dev/null -w '%{http_code}' "http://$REG/v2/team/untag/manifests/$(oci_manifest_digest "$L" amd64)")"
   unset WHARF_SERVER WHARF_USER WHARF_PASSWORD
   stop_wharf
 }

@@ -836,14 +836,22 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
                 .map_err(|_| invalid("grace_seconds must be a whole number"))?,
         ),
     };
+    let events = crate::GcAudit {
+        log: a.auth.audit_log().clone(),
+        actor: a.who.actor(),
+        addr: a.addr,
+    };
     let r = st
         .registry
-        .gc(wharf_core::GcOptions {
-            grace,
-            dry_run,
-            sole_collector: false,
-            untagged_age,
-        })
+        .gc(
+            wharf_core::GcOptions {
+                grace,
+                dry_run,
+                sole_collector: false,
+                untagged_age,
+            },
+            &events,
+        )
         .await
         .map_err(|e| match e {
             wharf_core::CoreError::Busy(m) => ApiError::msg(ErrorCode::Conflict, m),

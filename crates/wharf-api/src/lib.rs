@@ -64,6 +64,33 @@ pub struct AppState {
     pub auth: Option<Arc<wharf_auth::Auth>>,
 }
 
+/// Puts what a garbage collection deletes in the audit log: each manifest
+/// the untagged policy removes, as `gc.untagged.delete` of `repo@digest`.
+pub struct GcAudit {
+    pub log: wharf_auth::AuditLog,
+    /// Who started the collection: an administrator, or `system:gc` for
+    /// the schedule and `wharf gc`.
+    pub actor: String,
+    pub addr: Option<std::net::IpAddr>,
+}
+
+#[async_trait::async_trait]
+impl wharf_core::GcEvents for GcAudit {
+    async fn untagged_deleted(&self, manifests: &[(wharf_oci::RepoName, wharf_oci::Digest)]) {
+        for (repo, digest) in manifests {
+            self.log
+                .record_now(
+                    self.actor.as_str(),
+                    self.addr,
+                    "gc.untagged.delete",
+                    format!("{repo}@{digest}"),
+                    "ok",
+                )
+                .await;
+        }
+    }
+}
+
 /// The admin API's OpenAPI document (served at `/api/v1/openapi.json`).
 pub fn admin_openapi() -> &'static str {
     admin::OPENAPI

@@ -1781,3 +1781,68 @@ async fn retention_keeps_what_the_rules_say_and_dry_runs() {
     assert_eq!(s, 403);
     reg.stop().await;
 }
+
+/// Manifests the untagged policy deletes are in the audit log, under the
+/// administrator who started the collection, with a summary of the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn untagged_deletions_are_audited() {
+    let reg = builtin().await;
+    let admin = Pusher::new(&reg, ADMIN);
+    let (s, _) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/projects",
+        Some(json!({"name": "lib"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (_, old) = admin.image("lib/app", "old", 64).await;
+    admin.image("lib/app", "kept", 64).await;
+    // Deleting the tag leaves the manifest untagged.
+    assert_eq!(
+        admin
+            .status(Method::DELETE, "/v2/lib/app/manifests/old")
+            .await,
+        202
+    );
+    let (s, v) = api(
+        &reg,
+        ADMIN,
+        Method::POST,
+        "/gc?grace_seconds=0&untagged_age_seconds=0",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["manifests"], 1, "{v}");
+    let mut audited = Value::Null;
+    for _ in 0..60 {
+        let (_, v) = api(
+            &reg,
+            ADMIN,
+            Method::GET,
+            "/audit?action=gc.untagged.delete",
+            None,
+        )
+        .await;
+        if v.as_array().is_some_and(|a| !a.is_empty()) {
+            audited = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = audited.as_array().expect("untagged deletions are audited");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["actor"], "admin");
+    assert_eq!(rows[0]["resource"], format!("lib/app@{old}"));
+    let (_, v) = api(&reg, ADMIN, Method::GET, "/audit?action=gc", None).await;
+    assert_eq!(v[0]["actor"], "admin", "{v}");
+    assert_eq!(
+        admin
+            .status(Method::GET, "/v2/lib/app/manifests/kept")
+            .await,
+        200
+    );
+    reg.stop().await;
+}

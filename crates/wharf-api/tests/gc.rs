@@ -78,7 +78,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
     assert_eq!(blobs_on_disk(&reg.data).len(), 5);
 
     // Within the grace period nothing goes, whatever is unreferenced.
-    let r = reg.registry.gc(now_grace(3600)).await.unwrap();
+    let r = reg.registry.gc(now_grace(3600), &()).await.unwrap();
     assert_eq!((r.blobs, r.links), (0, 0));
 
     let s = reg
@@ -87,12 +87,15 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
     assert_eq!(s, 202);
     let dry = reg
         .registry
-        .gc(GcOptions {
-            grace: Duration::ZERO,
-            dry_run: true,
-            sole_collector: false,
-            untagged_age: None,
-        })
+        .gc(
+            GcOptions {
+                grace: Duration::ZERO,
+                dry_run: true,
+                sole_collector: false,
+                untagged_age: None,
+            },
+            &(),
+        )
         .await
         .unwrap();
     let gone_bytes: u64 = gone.2.iter().map(|(_, d)| d.len() as u64).sum();
@@ -107,7 +110,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
         "a dry run deletes nothing"
     );
 
-    let r = reg.registry.gc(now_grace(0)).await.unwrap();
+    let r = reg.registry.gc(now_grace(0), &()).await.unwrap();
     assert_eq!((r.blobs, r.bytes, r.links), (3, gone_bytes + 14, 3));
     let left = blobs_on_disk(&reg.data);
     let want: BTreeSet<String> = keep.2.iter().map(|(d, _)| d.clone()).collect();
@@ -131,7 +134,7 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
         );
     }
     // Nothing more to do.
-    let r = reg.registry.gc(now_grace(0)).await.unwrap();
+    let r = reg.registry.gc(now_grace(0), &()).await.unwrap();
     assert_eq!((r.blobs, r.links), (0, 0));
     // A blob freed once can be pushed again.
     push(&reg, "gc/app", "again", &gone).await;
@@ -148,14 +151,14 @@ async fn a_push_in_flight_keeps_its_blobs() {
     for (_, data) in &img.2 {
         reg.push_blob("gc/slow", data).await;
     }
-    let r = reg.registry.gc(now_grace(60)).await.unwrap();
+    let r = reg.registry.gc(now_grace(60), &()).await.unwrap();
     assert_eq!(r.blobs, 0);
     let r = reg
         .put_manifest("gc/slow", "v1", &img.0, OCI_MANIFEST)
         .await;
     assert_eq!(r.status(), 201);
     // Referenced now: even a zero grace keeps them.
-    let r = reg.registry.gc(now_grace(0)).await.unwrap();
+    let r = reg.registry.gc(now_grace(0), &()).await.unwrap();
     assert_eq!(r.blobs, 0);
     assert_eq!(blobs_on_disk(&reg.data).len(), 2);
 }
@@ -177,12 +180,15 @@ async fn stress_push_retag_delete_while_collecting() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let r = reg
                     .registry
-                    .gc(GcOptions {
-                        grace,
-                        dry_run: false,
-                        sole_collector: false,
-                        untagged_age: None,
-                    })
+                    .gc(
+                        GcOptions {
+                            grace,
+                            dry_run: false,
+                            sole_collector: false,
+                            untagged_age: None,
+                        },
+                        &(),
+                    )
                     .await
                     .unwrap();
                 runs += 1;
@@ -278,7 +284,10 @@ async fn stress_push_retag_delete_while_collecting() {
     assert!(tags > 0);
     // Past the grace period, one more collection leaves exactly what is reachable.
     tokio::time::sleep(grace + Duration::from_millis(100)).await;
-    reg.registry.gc(now_grace(grace.as_secs())).await.unwrap();
+    reg.registry
+        .gc(now_grace(grace.as_secs()), &())
+        .await
+        .unwrap();
     let on_disk = blobs_on_disk(&reg.data);
     let lost: Vec<_> = reachable.difference(&on_disk).collect();
     let left: Vec<_> = on_disk.difference(&reachable).collect();
@@ -365,10 +374,22 @@ async fn deletes_respect_indexes_and_follow_referrers() {
         }
         if delete_referrers {
             // Then everything is garbage.
-            let r = reg.registry.gc(now_grace(0)).await.unwrap();
+            let r = reg.registry.gc(now_grace(0), &()).await.unwrap();
             assert_eq!(r.blobs, 3);
             assert!(blobs_on_disk(&reg.data).is_empty());
         }
+    }
+}
+
+/// What a collection told its caller it deleted.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl wharf_core::GcEvents for Told {
+    async fn untagged_deleted(&self, manifests: &[(wharf_oci::RepoName, wharf_oci::Digest)]) {
+        let mut told = self.0.lock().unwrap();
+        told.extend(manifests.iter().map(|(r, d)| format!("{r}@{d}")));
     }
 }
 
@@ -404,16 +425,26 @@ async fn untagged_manifests_policy() {
         sole_collector: false,
         untagged_age: Some(Duration::from_secs(age)),
     };
+    let told = Told::default();
     // Not old enough yet.
-    let r = reg.registry.gc(opts(3600, false)).await.unwrap();
+    let r = reg.registry.gc(opts(3600, false), &told).await.unwrap();
     assert_eq!((r.manifests, r.blobs), (0, 0));
-    let r = reg.registry.gc(opts(0, true)).await.unwrap();
+    let r = reg.registry.gc(opts(0, true), &told).await.unwrap();
     assert_eq!(r.manifests, 1, "dry run");
-    let r = reg.registry.gc(opts(0, false)).await.unwrap();
+    assert!(
+        told.0.lock().unwrap().is_empty(),
+        "a dry run deletes nothing"
+    );
+    let r = reg.registry.gc(opts(0, false), &told).await.unwrap();
     assert_eq!(
         (r.manifests, r.blobs),
         (1, 2),
         "the old image and its two blobs"
+    );
+    assert_eq!(
+        *told.0.lock().unwrap(),
+        [format!("untag/app@{}", old.1)],
+        "the caller hears of each deleted manifest, to audit it"
     );
     let s = reg
         .status(Method::GET, &format!("/v2/untag/app/manifests/{}", old.1))

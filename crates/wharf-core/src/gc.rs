@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use wharf_oci::Digest;
+use wharf_oci::{Digest, RepoName};
 
 use crate::{CoreError, Registry, now_ms};
 
@@ -45,6 +45,20 @@ pub struct GcOptions {
     pub untagged_age: Option<Duration>,
 }
 
+/// Told what a collection deletes that a user could have deleted, so the
+/// caller can put it in the audit log (this crate knows none).
+#[async_trait::async_trait]
+pub trait GcEvents: Send + Sync {
+    /// Manifests the untagged policy has just deleted (never on a dry run).
+    async fn untagged_deleted(&self, manifests: &[(RepoName, Digest)]);
+}
+
+/// Nobody listens.
+#[async_trait::async_trait]
+impl GcEvents for () {
+    async fn untagged_deleted(&self, _: &[(RepoName, Digest)]) {}
+}
+
 /// What a collection freed, or would free (`dry_run`).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct GcReport {
@@ -63,7 +77,12 @@ pub struct GcReport {
 
 impl Registry {
     /// Deletes manifests untagged for longer than `age`, round after round.
-    async fn delete_untagged(&self, age: Duration, dry_run: bool) -> Result<u64, CoreError> {
+    async fn delete_untagged(
+        &self,
+        age: Duration,
+        dry_run: bool,
+        events: &dyn GcEvents,
+    ) -> Result<u64, CoreError> {
         let before = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let mut n = 0;
         loop {
@@ -75,6 +94,7 @@ impl Registry {
             if gone.is_empty() || dry_run {
                 break;
             }
+            events.untagged_deleted(&gone).await;
         }
         metrics::counter!("wharf_gc_untagged_manifests_deleted_total").increment(if dry_run {
             0
@@ -84,9 +104,9 @@ impl Registry {
         Ok(n)
     }
 
-    /// Runs one collection. Only one runs at a time in a process;
-    /// `Busy` if one is already running.
-    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport, CoreError> {
+    /// Runs one collection, telling `events` what it deletes. Only one runs
+    /// at a time in a process; `Busy` if one is already running.
+    pub async fn gc(&self, opts: GcOptions, events: &dyn GcEvents) -> Result<GcReport, CoreError> {
         let Ok(_running) = self.gc_lock.try_lock() else {
             return Err(CoreError::Busy(
                 "a garbage collection is already running".into(),
@@ -95,7 +115,7 @@ impl Registry {
         let started = Instant::now();
         let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
         let manifests = match opts.untagged_age {
-            Some(age) => self.delete_untagged(age, opts.dry_run).await?,
+            Some(age) => self.delete_untagged(age, opts.dry_run, events).await?,
             None => 0,
         };
         if opts.dry_run {

@@ -20,7 +20,7 @@ mod error;
 mod gc;
 mod policy;
 pub use error::CoreError;
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcEvents, GcOptions, GcReport};
 pub use policy::{PULL_FLUSH_INTERVAL, RetentionReport};
 pub use wharf_meta::Page;
 pub use wharf_meta::{Keep, ProjectPolicy, RetentionRule, TagInfo, TagRule};

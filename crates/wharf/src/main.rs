@@ -211,25 +211,51 @@ fn try_gc_lock(root: &Path) -> anyhow::Result<Option<GcLock>> {
     }
 }
 
+/// Who the audit log names for collections nobody asked for by hand.
+const GC_ACTOR: &str = "system:gc";
+
 /// Runs one collection unless another is running on this data directory.
+/// With an audit log, what it deleted goes there: each untagged manifest and
+/// a summary.
 async fn collect(
     registry: &wharf_core::Registry,
     root: &Path,
     grace: std::time::Duration,
     untagged_age: Option<std::time::Duration>,
     dry_run: bool,
+    audit: Option<&wharf_auth::AuditLog>,
 ) -> anyhow::Result<Option<wharf_core::GcReport>> {
     let Some(_lock) = try_gc_lock(root)? else {
         return Ok(None);
     };
-    let r = registry
-        .gc(wharf_core::GcOptions {
-            grace,
-            dry_run,
-            sole_collector: true,
-            untagged_age,
-        })
-        .await?;
+    let opts = wharf_core::GcOptions {
+        grace,
+        dry_run,
+        sole_collector: true,
+        untagged_age,
+    };
+    let r = match audit {
+        Some(log) => {
+            let events = wharf_api::GcAudit {
+                log: log.clone(),
+                actor: GC_ACTOR.into(),
+                addr: None,
+            };
+            let r = registry.gc(opts, &events).await?;
+            if !dry_run {
+                log.record_now(
+                    GC_ACTOR,
+                    None,
+                    "gc",
+                    format!("{} blobs, {} bytes", r.blobs, r.bytes),
+                    "ok",
+                )
+                .await;
+            }
+            r
+        }
+        None => registry.gc(opts, &()).await?,
+    };
     Ok(Some(r))
 }
 
@@ -258,9 +284,24 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let (registry, _) = open_registry(&cfg).await?;
-        let Some(r) = collect(&registry, &cfg.storage.rootdirectory, grace, untagged_age, args.dry_run).await?
-        else {
+        let (registry, meta) = open_registry(&cfg).await?;
+        // With access control on, the server keeps an audit log in the same
+        // database: this collection's deletions belong there too.
+        let audit = (!matches!(cfg.auth.mode, config::AuthMode::None))
+            .then(|| wharf_auth::AuditLog::spawn(meta, cfg.auth.audit_retention));
+        let collected = collect(
+            &registry,
+            &cfg.storage.rootdirectory,
+            grace,
+            untagged_age,
+            args.dry_run,
+            audit.as_ref(),
+        )
+        .await;
+        if let Some(log) = &audit {
+            log.flush().await;
+        }
+        let Some(r) = collected? else {
             anyhow::bail!("another garbage collection is running on this data directory");
         };
         let verb = if r.dry_run { "would free" } else { "freed" };
@@ -446,12 +487,22 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         let g = cfg.storage.gc.clone();
         let reg = registry.clone();
         let gc_root = root.clone();
+        let audit = state.auth.as_ref().map(|a| a.audit_log().clone());
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
             loop {
                 tick.tick().await;
-                match collect(&reg, &gc_root, g.grace, g.untagged_age, false).await {
+                match collect(
+                    &reg,
+                    &gc_root,
+                    g.grace,
+                    g.untagged_age,
+                    false,
+                    audit.as_ref(),
+                )
+                .await
+                {
                     Ok(Some(_)) => {}
                     Ok(None) => tracing::info!("another garbage collection is running; skipped"),
                     Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
