@@ -74,6 +74,7 @@ client_policy() {
     "for i in \$(seq 1 50); do [ \"\$(curl -sS -u admin:admin-secret-1 http://$REG/v2/team/ret/tags/list | jq -c .tags)\" = '[\"r5\",\"r6\"]' ] && exit 0; sleep 0.1; done; exit 1"
 
   echo "--- untagged manifests"
+  export WHARF_SERVER=http://$REG  # the server restarted on another port
   printf 'auth:\n  builtin: {}\n' >"$w/builtin.yml"
   check "policy: skopeo push team/untag:latest" skopeo copy $cr "oci:$L:amd64" "docker://$REG/team/untag:latest"
   check "policy: skopeo push another image to latest: the first loses its tag" skopeo copy $cr "oci:$L:arm64" "docker://$REG/team/untag:latest"
