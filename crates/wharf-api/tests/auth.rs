@@ -179,6 +179,20 @@ async fn api(
 
 const ADMIN: (&str, &str) = ("admin", ADMIN_PASSWORD);
 
+/// The audit records matching `query` once there are at least `n` of them:
+/// the writer commits within about a second.
+async fn audit_rows(reg: &TestRegistry, query: &str, n: usize) -> Vec<Value> {
+    for _ in 0..60 {
+        let (s, v) = api(reg, ADMIN, Method::GET, &format!("/audit?{query}"), None).await;
+        assert_eq!(s, 200);
+        match v {
+            Value::Array(rows) if rows.len() >= n => return rows,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    panic!("fewer than {n} audit records match {query}");
+}
+
 /// Turns OpenAPI 3.0's `nullable` into JSON Schema's type lists.
 fn to_json_schema(v: &mut Value) {
     match v {
@@ -1087,26 +1101,8 @@ async fn admin_api_rules_and_audit() {
     assert_eq!(c.pull("team/app", "v1").await, 200);
     let outsider_push = Client::new(&reg, None).push("team/app", "v2").await;
     assert_eq!(outsider_push, 401);
-    let mut found = Value::Null;
-    for _ in 0..50 {
-        let (s, v) = api(
-            &reg,
-            ADMIN,
-            Method::GET,
-            "/audit?resource=team/app&limit=10",
-            None,
-        )
-        .await;
-        assert_eq!(s, 200);
-        if v.as_array().unwrap().len() >= 3 {
-            found = v;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let rows: Vec<(String, String, String)> = found
-        .as_array()
-        .expect("audit records arrive")
+    let rows: Vec<(String, String, String)> = audit_rows(&reg, "resource=team/app&limit=10", 3)
+        .await
         .iter()
         .map(|r| {
             (
@@ -1734,25 +1730,8 @@ async fn retention_keeps_what_the_rules_say_and_dry_runs() {
     // A second run finds nothing more; the audit log names what went.
     let (_, v) = api(&reg, ADMIN, Method::POST, "/projects/ret/retention", None).await;
     assert!(tags_of(&v).is_empty(), "{v}");
-    let mut audited = Value::Null;
-    for _ in 0..60 {
-        let (_, v) = api(
-            &reg,
-            ADMIN,
-            Method::GET,
-            "/audit?action=retention.delete",
-            None,
-        )
-        .await;
-        if v.as_array().is_some_and(|a| a.len() >= 2) {
-            audited = v;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let audited = audit_rows(&reg, "action=retention.delete", 2).await;
     let mut res: Vec<&str> = audited
-        .as_array()
-        .expect("retention deletions are audited")
         .iter()
         .map(|r| r["resource"].as_str().unwrap())
         .collect();
@@ -1816,23 +1795,7 @@ async fn untagged_deletions_are_audited() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["manifests"], 1, "{v}");
-    let mut audited = Value::Null;
-    for _ in 0..60 {
-        let (_, v) = api(
-            &reg,
-            ADMIN,
-            Method::GET,
-            "/audit?action=gc.untagged.delete",
-            None,
-        )
-        .await;
-        if v.as_array().is_some_and(|a| !a.is_empty()) {
-            audited = v;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let rows = audited.as_array().expect("untagged deletions are audited");
+    let rows = audit_rows(&reg, "action=gc.untagged.delete", 1).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["actor"], "admin");
     assert_eq!(rows[0]["resource"], format!("lib/app@{old}"));
