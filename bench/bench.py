@@ -77,9 +77,12 @@ class Server:
             t0 = time.monotonic()
             pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
             env = dict(os.environ, WHARF_ADMIN_PASSWORD=ADMIN_PASSWORD)
+            # In a session of its own, as a service manager starts it: `wharf
+            # gc` then runs beside it as from a shell or cron, in another.
             self.proc = subprocess.Popen(
                 pin + [WHARF, "serve", "--config", cfg, "--data", self.data, "--addr", "127.0.0.1:0"],
-                stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "wharf.err"), "a"), text=True, env=env)
+                stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "wharf.err"), "a"), text=True, env=env,
+                start_new_session=True)
             line = self.proc.stdout.readline()
             self.startup = time.monotonic() - t0
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)

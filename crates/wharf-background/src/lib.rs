@@ -23,6 +23,9 @@
 use std::cell::Cell;
 use std::io;
 
+mod session;
+pub use session::{Session, own_session};
+
 /// Runs `f` on a new thread named `name` in the idle scheduling class (nice
 /// 19 where that is refused) and returns what it returns. The thread keeps
 /// best-effort I/O priority: the class alone would also make its I/O idle,

@@ -260,6 +260,10 @@ async fn collect(
 }
 
 fn gc(args: GcArgs) -> anyhow::Result<()> {
+    // First, while this is the only thread: the idle class below counts only
+    // within a session (autogroups), and a shell or cron starts this in
+    // another session than the server's.
+    let session = wharf_background::own_session();
     // The whole process is background work beside a serving registry, so
     // its start-up and runtime threads (which inherit this) yield to it too,
     // not only the collection's SQL and deletions.
@@ -279,6 +283,17 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         None => cfg.storage.gc.untagged_age,
     };
     init_logging(&cfg);
+    match session {
+        Ok(wharf_background::Session::Unchanged) => {}
+        Ok(wharf_background::Session::Own { forked, autogroup }) => {
+            tracing::debug!(forked, %autogroup, "collecting in a session of its own");
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not move to a session of its own: the collection may slow down \
+             requests more than it should"
+        ),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
