@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils)
+PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +23,8 @@ echo "--- cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "--- cargo test"
 cargo test --workspace --locked
-echo "--- end-to-end tests with real clients"
 cargo build --release --locked -p wharf
+echo "--- systemd units"
+WHARF=$PWD/target/release/wharf tests/systemd/verify.sh
+echo "--- end-to-end tests with real clients"
 WHARF=$PWD/target/release/wharf tests/e2e/run.sh
