@@ -512,6 +512,20 @@ def idle_cgroup(name):
     return d, None
 
 
+def own_cpu_cgroup():
+    """The directory of this process's cgroup on the hierarchy with the cpu
+    controller, or None."""
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    if os.path.exists("/sys/fs/cgroup/cpu/tasks"):
+        rel = next((p for _, c, p in lines if "cpu" in c.split(",")), None)
+        root = "/sys/fs/cgroup/cpu"
+    else:
+        rel = next((p for n, c, p in lines if n == "0" and not c), None)
+        root = "/sys/fs/cgroup"
+    return None if rel is None else os.path.join(root, rel.lstrip("/"))
+
+
 def remove_cgroup(d):
     # Empty once the last process in it has exited, which its parent has
     # waited for; the kernel may take a moment to agree.
@@ -534,7 +548,9 @@ def bench_gc(work):
     Wharf collects in each of the ways production runs it, interleaved: `wharf
     gc` in an idle CPU cgroup (a systemd unit with CPUWeight=idle; where the
     benchmark can make one), `wharf gc` as from a shell, and the server's own
-    collection (its schedule; here the admin API, which needs auth.builtin)."""
+    collection (its schedule; here the admin API, which needs auth.builtin),
+    also with its background threads in an idle cgroup
+    (storage.maintenance.gc.cgroup; where Wharf can make one here)."""
     import base64
     wharf = Server("wharf", os.path.join(work, "gc-wharf"))
     dist = Server("dist", os.path.join(work, "gc-dist"))
@@ -584,6 +600,13 @@ def bench_gc(work):
     else:
         log(f"  no idle cgroup for `wharf gc`: {why_not}")
     ways += [("`wharf gc`", lambda: wharf_gc(None)), ("the server's own", server_gc)]
+    own = own_cpu_cgroup()
+    server_cgroup = own and os.path.join(own, f"wharf-bench-background-{os.getpid()}")
+    configs = {"the server's own": auth_config}
+    if server_cgroup:
+        way = "the server's own, threads in an idle cgroup"
+        configs[way] = auth_config + f"storage:\n  maintenance:\n    gc:\n      cgroup: {server_cgroup}\n"
+        ways.append((way, server_gc))
     try:
         # Inside the try: a failed population must not leave a server running.
         for s in (wharf, dist):
@@ -594,12 +617,22 @@ def bench_gc(work):
             log(f"  {s.kind}: {GC_MANIFESTS} manifests, half deleted, in {time.monotonic() - t0:.1f} s")
             s.stop()
             shutil.copytree(s.data, s.data + ".template", symlinks=True)
+        for way, config in configs.items():
+            # Wharf refuses to start with a cgroup it cannot use; say why.
+            wharf.extra_config = config
+            try:
+                wharf.start()
+            except RuntimeError:
+                with open(os.path.join(wharf.work, "wharf.err")) as f:
+                    log(f"  skipping {way}: {f.read().strip().splitlines()[-1:]}")
+                ways = [w for w in ways if w[0] != way]
+            wharf.stop()
         runs = {way: ([], [], [], []) for way, _ in ways}  # seconds, p99 before, p99 during, ratio
         for i in range(GC_REPS):
             for way, collect in ways:
                 secs, quiet_p99s, busy_p99s, ratios = runs[way]
                 fresh(wharf)
-                wharf.extra_config = auth_config if collect is server_gc else ""
+                wharf.extra_config = configs.get(way, "")
                 wharf.start()
                 headers = [f"Accept: {DOCKER_V2}"] + ([bearer()] if wharf.extra_config else [])
                 url = f"{wharf.base}/v2/{repo}/manifests/{tag}"
@@ -634,8 +667,9 @@ def bench_gc(work):
     finally:
         for s in (wharf, dist):
             s.stop()
-        if cgroup:
-            remove_cgroup(cgroup)
+        for d in (cgroup, server_cgroup):
+            if d and os.path.isdir(d):
+                remove_cgroup(d)
 
 
 def bench_memory(servers):
@@ -698,13 +732,13 @@ def main():
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'figure':78} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
+    print(f"\n{'figure':90} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
     for name, unit, w, d, better in results:
         if d != d:  # no distribution counterpart
-            print(f"{name + ' (' + unit + ')':78} {w:12.2f} {'-':>14} {'-':>8}")
+            print(f"{name + ' (' + unit + ')':90} {w:12.2f} {'-':>14} {'-':>8}")
             continue
         ratio = (w / d if better == "higher" else d / w) if w and d else float("nan")
-        print(f"{name + ' (' + unit + ')':78} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
+        print(f"{name + ' (' + unit + ')':90} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
     print("\nratio: how many times better Wharf is (throughput / distribution's, or distribution's time / Wharf's).")
 
 

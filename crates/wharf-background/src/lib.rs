@@ -17,35 +17,44 @@
 //! time runs about 340 times faster than a normal one's).
 //!
 //! Priority is per thread and an unprivileged thread cannot raise it again,
-//! so each job gets a fresh thread that dies with it: a pool thread (tokio's
-//! blocking pool) lowered once would later serve requests at that priority.
+//! so jobs run on a pool of their own whose threads never serve requests
+//! (tokio's blocking pool, lowered once, would later serve requests at that
+//! priority). Those threads can also be moved, once, into a cgroup that the
+//! CPU controller serves only when nothing else wants the CPU; see
+//! [`start`].
 
 use std::cell::Cell;
 use std::io;
 
+mod cgroup;
+mod pool;
 mod session;
+pub use cgroup::IdleCgroup;
+pub use pool::{THREADS, start};
 pub use session::{Session, own_session};
 
-/// Runs `f` on a new thread named `name` in the idle scheduling class (nice
-/// 19 where that is refused) and returns what it returns. The thread keeps
+/// Runs `f` on a background thread, in the idle scheduling class (nice 19
+/// where that is refused), and returns what it returns. The thread keeps
 /// best-effort I/O priority: the class alone would also make its I/O idle,
 /// and a thread that holds a database write lock must not wait seconds for
 /// its fsync behind other I/O while writers queue on the lock.
 ///
-/// Errors if the thread cannot start or `f` panics.
+/// Jobs wait for a free thread when [`THREADS`] run already. `name` says
+/// what the job is in errors. Errors if the pool could not start or `f`
+/// panics; a panic does not take a pool thread with it.
 pub async fn run<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            lower_this_thread();
-            let _ = tx.send(f());
-        })?;
+    pool::submit(Box::new(move || {
+        // The caller hears of a panic as a dropped sender.
+        if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let _ = tx.send(v);
+        }
+    }))?;
     rx.await
-        .map_err(|_| io::Error::other(format!("background thread {name} panicked")))
+        .map_err(|_| io::Error::other(format!("background job {name} panicked")))
 }
 
 /// I/O priority best-effort (class 2), level 7 of 0-7, as `ioprio_set`
@@ -136,14 +145,20 @@ fn lowered_by_kernel() -> bool {
 mod tests {
     use super::*;
 
+    async fn futures_util_join(handles: Vec<tokio::task::JoinHandle<io::Result<()>>>) {
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
-    async fn returns_what_the_job_returns_on_a_named_thread() {
+    async fn returns_what_the_job_returns_on_a_pool_thread() {
         let name = run("wharf-test-job", || {
             std::thread::current().name().map(str::to_owned)
         })
         .await
         .unwrap();
-        assert_eq!(name.as_deref(), Some("wharf-test-job"));
+        assert_eq!(name.as_deref(), Some("wharf-background"));
     }
 
     #[tokio::test]
@@ -152,6 +167,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("wharf-test-panic"), "{e}");
+        // Every pool thread still takes jobs: THREADS jobs that wait for
+        // each other all finish.
+        let all = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+        let jobs = (0..THREADS).map(|_| {
+            let all = all.clone();
+            tokio::spawn(run("wharf-test-barrier", move || {
+                all.wait();
+            }))
+        });
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures_util_join(jobs.collect()),
+        )
+        .await;
+        assert!(waited.is_ok(), "a pool thread is gone");
     }
 
     #[cfg(target_os = "linux")]

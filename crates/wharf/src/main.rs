@@ -372,6 +372,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for k in &loaded.ignored {
         tracing::warn!(key = %k, "configuration key is not supported and is ignored");
     }
+    if let Some(dir) = &cfg.storage.gc.cgroup {
+        // Before any background job, which would start the pool outside it.
+        let cg = wharf_background::start(Some(dir))
+            .with_context(|| format!("storage.maintenance.gc.cgroup {}", dir.display()))?;
+        if let Some(cg) = cg {
+            tracing::info!(
+                cgroup = %cg.dir().display(),
+                by = cg.how(),
+                "background work runs in an idle cgroup"
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

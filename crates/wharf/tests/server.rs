@@ -392,3 +392,106 @@ async fn audit_records_survive_a_graceful_shutdown() {
     assert_eq!(rows[0]["resource"], "just-before-exit", "{rows}");
     assert_eq!(rows[0]["actor"], "admin", "{rows}");
 }
+
+/// `storage.maintenance.gc.cgroup`: the background threads, and only they,
+/// run in the configured cgroup, made idle; a path that is no cgroup stops
+/// the start with a message that names the key.
+#[test]
+fn background_threads_run_in_the_configured_idle_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_cgroup = dir.path().join("plain");
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .env("REGISTRY_STORAGE_MAINTENANCE_GC_CGROUP", &not_a_cgroup)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.maintenance.gc.cgroup") && err.contains("is not a cgroup"),
+        "{err}"
+    );
+
+    // SAFETY: geteuid takes nothing and returns an integer.
+    let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/tasks").exists();
+    if unsafe { libc::geteuid() } != 0 || !v1 {
+        eprintln!("SKIPPED the cgroup itself: needs root and a cgroup v1 cpu hierarchy");
+        return;
+    }
+    let cg = std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/cpu/wharf-test-serve-{}",
+        std::process::id()
+    ));
+    let cg_env = cg.to_str().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[],
+        &[("REGISTRY_STORAGE_MAINTENANCE_GC_CGROUP", cg_env)],
+    );
+    let pid = server.child.id();
+    let tids: Vec<String> = std::fs::read_to_string(cg.join("tasks"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tids.len(), wharf_background::THREADS, "{tids:?}");
+    for tid in &tids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+        // Names are cut to 15 bytes.
+        assert_eq!(comm.trim(), "wharf-backgroun");
+    }
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cpu.idle")).unwrap().trim(),
+        "1"
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("background work runs in an idle cgroup")
+    );
+    server.kill9();
+    std::fs::remove_dir(&cg).unwrap();
+
+    // A service user, in a cgroup that root prepared: only `tasks` is its
+    // to write, and that is enough.
+    std::fs::create_dir(&cg).unwrap();
+    std::fs::write(cg.join("cpu.idle"), "1").unwrap();
+    let nobody = dir.path().join("nobody");
+    std::fs::create_dir(&nobody).unwrap();
+    for p in [dir.path(), nobody.as_path(), cg.join("tasks").as_path()] {
+        let ok = Command::new("chown")
+            .arg("nobody")
+            .arg(p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown {}", p.display());
+    }
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(nobody.join("data"))
+        .env("REGISTRY_STORAGE_MAINTENANCE_GC_CGROUP", &cg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let moved = std::fs::read_to_string(cg.join("tasks")).unwrap();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.starts_with("wharf listening on "),
+        "{line:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(moved.lines().count(), wharf_background::THREADS, "{moved}");
+    std::fs::remove_dir(&cg).unwrap();
+}
