@@ -732,13 +732,14 @@ def main():
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'figure':90} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
+    width = max([len("figure")] + [len(f"{name} ({unit})") for name, unit, *_ in results])
+    print(f"\n{'figure':{width}} {'wharf':>12} {'distribution':>14} {'ratio':>8}")
     for name, unit, w, d, better in results:
         if d != d:  # no distribution counterpart
-            print(f"{name + ' (' + unit + ')':90} {w:12.2f} {'-':>14} {'-':>8}")
+            print(f"{name + ' (' + unit + ')':{width}} {w:12.2f} {'-':>14} {'-':>8}")
             continue
         ratio = (w / d if better == "higher" else d / w) if w and d else float("nan")
-        print(f"{name + ' (' + unit + ')':90} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
+        print(f"{name + ' (' + unit + ')':{width}} {w:12.2f} {d:14.2f} {ratio:7.1f}x")
     print("\nratio: how many times better Wharf is (throughput / distribution's, or distribution's time / Wharf's).")
 
 

@@ -19,9 +19,9 @@ type Job = Box<dyn FnOnce() + Send>;
 static POOL: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
 
 /// Starts the pool, its threads in `cgroup` if one is given, and returns
-/// where they went. Call it before the first job, once: a pool started
-/// already (by an earlier call or by a job, which starts one outside any
-/// cgroup) is an error.
+/// where they went. With a cgroup, call it before the first job: a pool
+/// started already (by an earlier call, or by a job, which starts one
+/// outside any cgroup) is an error. Without one it is a no-op then.
 pub fn start(cgroup: Option<&Path>) -> io::Result<Option<IdleCgroup>> {
     let mut placed = None;
     let mut result = Ok(());

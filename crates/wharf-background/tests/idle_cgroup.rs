@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// A fresh cgroup path under this process's own cpu cgroup, on whichever
 /// hierarchy has the cpu controller; None when this cannot make one (not
-/// root), which the test reports.
+/// root, no cgroup v2 mount), which the test reports.
 fn scratch_cgroup() -> Option<PathBuf> {
     // SAFETY: geteuid takes nothing and returns an integer.
     if unsafe { libc::geteuid() } != 0 {
@@ -14,27 +14,28 @@ fn scratch_cgroup() -> Option<PathBuf> {
     }
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let name = format!("wharf-test-{}", std::process::id());
-    if Path::new("/sys/fs/cgroup/cpu/tasks").exists() {
-        let rel = own
-            .lines()
-            .find_map(|l| {
-                let mut f = l.splitn(3, ':');
-                let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-                ctl.split(',').any(|c| c == "cpu").then(|| path.to_owned())
-            })
-            .unwrap();
-        return Some(
-            Path::new("/sys/fs/cgroup/cpu")
-                .join(rel.trim_start_matches('/'))
-                .join(name),
-        );
-    }
-    let rel = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-    Some(
-        Path::new("/sys/fs/cgroup")
-            .join(rel.trim_start_matches('/'))
-            .join(name),
-    )
+    let (root, rel) = if Path::new("/sys/fs/cgroup/cpu/tasks").exists() {
+        let rel = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            ctl.split(',').any(|c| c == "cpu").then(|| path.to_owned())
+        });
+        (PathBuf::from("/sys/fs/cgroup/cpu"), rel?)
+    } else {
+        // cgroup v2, wherever it is mounted (`/sys/fs/cgroup/unified` on
+        // hybrid systems).
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mounts.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| PathBuf::from(mountpoint))
+        });
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::"));
+        (root?, rel?.to_owned())
+    };
+    Some(root.join(rel.trim_start_matches('/')).join(name))
 }
 
 /// The line of a thread's `/proc/.../cgroup` for the hierarchy with cpu.
