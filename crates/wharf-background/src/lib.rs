@@ -145,7 +145,7 @@ fn lowered_by_kernel() -> bool {
 mod tests {
     use super::*;
 
-    async fn futures_util_join(handles: Vec<tokio::task::JoinHandle<io::Result<()>>>) {
+    async fn join_all(handles: Vec<tokio::task::JoinHandle<io::Result<()>>>) {
         for h in handles {
             h.await.unwrap().unwrap();
         }
@@ -176,11 +176,9 @@ mod tests {
                 all.wait();
             }))
         });
-        let waited = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            futures_util_join(jobs.collect()),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(30), join_all(jobs.collect()))
+                .await;
         assert!(waited.is_ok(), "a pool thread is gone");
     }
 
