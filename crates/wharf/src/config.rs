@@ -607,6 +607,14 @@ pub fn load(file: Option<&std::path::Path>, env: &[(String, String)]) -> anyhow:
     if config.storage.gc.enabled && config.storage.gc.interval.is_zero() {
         bail!("storage.maintenance.gc.interval must be more than 0");
     }
+    if let Some(p) = &config.storage.gc.cgroup
+        && !p.is_absolute()
+    {
+        bail!(
+            "storage.maintenance.gc.cgroup {}: use an absolute path",
+            p.display()
+        );
+    }
     if config.storage.uploadpurging.enabled && config.storage.uploadpurging.interval.is_zero() {
         bail!("storage.maintenance.uploadpurging.interval must be more than 0");
     }
@@ -949,6 +957,23 @@ mod tests {
         assert!(load_str("log:\n  level: loud\n", &[]).is_err());
         assert!(load_str("http:\n  tls:\n    certificate: /c\n", &[]).is_err());
         assert!(load_str("storage:\n  delete:\n    enabled: maybe\n", &[]).is_err());
+        let cgroup = |v: &str| {
+            load_str(
+                &format!("storage:\n  maintenance:\n    gc:\n      cgroup: {v}\n"),
+                &[],
+            )
+        };
+        let e = cgroup("wharf-background").err().unwrap().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        assert_eq!(
+            cgroup("/sys/fs/cgroup/cpu/wharf")
+                .unwrap()
+                .config
+                .storage
+                .gc
+                .cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/cpu/wharf"))
+        );
     }
 
     #[test]
