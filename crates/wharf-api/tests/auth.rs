@@ -1785,6 +1785,8 @@ async fn untagged_deletions_are_audited() {
             .await,
         202
     );
+    // "Untagged for longer than 0 s": in the same millisecond it is not yet.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let (s, v) = api(
         &reg,
         ADMIN,
