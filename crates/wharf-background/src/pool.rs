@@ -23,26 +23,26 @@ static POOL: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
 /// started already (by an earlier call, or by a job, which starts one
 /// outside any cgroup) is an error. Without one it is a no-op then.
 pub fn start(cgroup: Option<&Path>) -> io::Result<Option<IdleCgroup>> {
-    let mut placed = None;
-    let mut result = Ok(());
+    // Set only if this call started the pool.
+    let mut started = None;
     POOL.get_or_init(|| match spawn(cgroup) {
         Ok((tx, cg)) => {
-            placed = cg;
+            started = Some(Ok(cg));
             Ok(Mutex::new(tx))
         }
         Err(e) => {
             let msg = e.to_string();
-            result = Err(e);
+            started = Some(Err(e));
             Err(msg)
         }
     });
-    result?;
-    if cgroup.is_some() && placed.is_none() {
-        return Err(io::Error::other(
+    match started {
+        Some(placed) => placed,
+        None if cgroup.is_some() => Err(io::Error::other(
             "the background pool had started already, outside the cgroup",
-        ));
+        )),
+        None => Ok(None),
     }
-    Ok(placed)
 }
 
 /// Queues a job, starting the pool (outside any cgroup) if need be.

@@ -459,7 +459,7 @@ fn background_threads_run_in_the_configured_idle_cgroup() {
     std::fs::write(cg.join("cpu.idle"), "1").unwrap();
     let nobody = dir.path().join("nobody");
     std::fs::create_dir(&nobody).unwrap();
-    for p in [dir.path(), nobody.as_path(), cg.join("tasks").as_path()] {
+    let chown = |p: &std::path::Path| {
         let ok = Command::new("chown")
             .arg("nobody")
             .arg(p)
@@ -467,17 +467,28 @@ fn background_threads_run_in_the_configured_idle_cgroup() {
             .unwrap()
             .success();
         assert!(ok, "chown {}", p.display());
-    }
-    let mut child = Command::new("setpriv")
-        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_wharf"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
-        .arg(nobody.join("data"))
-        .env("REGISTRY_STORAGE_MAINTENANCE_GC_CGROUP", &cg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    };
+    chown(dir.path());
+    chown(&nobody);
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_wharf"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .arg(nobody.join("data"))
+            .env("REGISTRY_STORAGE_MAINTENANCE_GC_CGROUP", &cg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    // Threads it may not move: the start stops, and nothing stays behind.
+    let out = as_nobody().output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("moving a thread into"), "{err}");
+    assert_eq!(std::fs::read_to_string(cg.join("tasks")).unwrap(), "");
+    chown(&cg.join("tasks"));
+    let mut child = as_nobody().spawn().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.take().unwrap()),
