@@ -118,6 +118,14 @@ impl Htpasswd {
         }
     }
 
+    /// Whether the file names no user at all.
+    pub fn is_empty(&self) -> bool {
+        self.loaded
+            .lock()
+            .map(|g| g.users.is_empty())
+            .unwrap_or(true)
+    }
+
     /// Whether `user` exists with `password`. Costs one bcrypt check either way.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         self.refresh();

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use wharf_auth::{AuditLog, Auth, Mode, Settings, htpasswd::Htpasswd, token};
 use wharf_meta::AuthStore;
 
-use crate::config::{AuthConfig, AuthMode};
+use crate::config::{Auth as AuthConfig, AuthMode};
 
 /// Where the token signing key lives in the data directory.
 pub fn signing_key_path(root: &Path) -> std::path::PathBuf {
@@ -20,27 +20,24 @@ pub async fn build(
     root: &Path,
 ) -> anyhow::Result<Option<Arc<Auth>>> {
     let mut settings = Settings {
-        max_failed_logins: cfg.lockout_attempts,
-        failed_login_window: cfg.lockout_window,
+        max_failed_logins: cfg.lockout.attempts,
+        failed_login_window: cfg.lockout.window,
         ..Settings::default()
     };
     let mut external_keys = Vec::new();
-    let mode = match &cfg.mode {
+    let mode = match cfg.mode() {
         AuthMode::None => return Ok(None),
-        AuthMode::Htpasswd { realm, path } => Mode::Htpasswd {
-            realm: realm.clone(),
-            file: Arc::new(Htpasswd::open(path.clone()).context("auth.htpasswd.path")?),
-        },
-        AuthMode::Token {
-            realm,
-            service,
-            issuer,
-            rootcertbundle,
-            jwks,
-        } => {
-            settings.service = service.clone();
-            settings.issuer = issuer.clone();
-            if let Some(p) = rootcertbundle {
+        AuthMode::Htpasswd(h) => {
+            let path = h.path.clone().context("auth.htpasswd.path is required")?;
+            Mode::Htpasswd {
+                realm: h.realm.clone(),
+                file: Arc::new(Htpasswd::open(path).context("auth.htpasswd.path")?),
+            }
+        }
+        AuthMode::Token(t) => {
+            settings.service = t.service.clone();
+            settings.issuer = t.issuer.clone();
+            if let Some(p) = &t.rootcertbundle {
                 let pem = std::fs::read_to_string(p)
                     .with_context(|| format!("auth.token.rootcertbundle {}", p.display()))?;
                 external_keys.extend(
@@ -48,7 +45,7 @@ pub async fn build(
                         .with_context(|| format!("auth.token.rootcertbundle {}", p.display()))?,
                 );
             }
-            if let Some(p) = jwks {
+            if let Some(p) = &t.jwks {
                 let json = std::fs::read_to_string(p)
                     .with_context(|| format!("auth.token.jwks {}", p.display()))?;
                 external_keys.extend(
@@ -57,20 +54,14 @@ pub async fn build(
                 );
             }
             Mode::External {
-                realm: realm.clone(),
+                realm: t.realm.clone(),
             }
         }
-        AuthMode::Builtin {
-            service,
-            issuer,
-            tokenexpiration,
-            refreshexpiration,
-            ..
-        } => {
-            settings.service = service.clone();
-            settings.issuer = issuer.clone();
-            settings.token_ttl = *tokenexpiration;
-            settings.refresh_ttl = *refreshexpiration;
+        AuthMode::Builtin(b) => {
+            settings.service = b.service.clone();
+            settings.issuer = b.issuer.clone();
+            settings.token_ttl = b.tokenexpiration;
+            settings.refresh_ttl = b.refreshexpiration;
             let path = signing_key_path(root);
             Mode::Builtin {
                 signer: Box::new(
@@ -80,15 +71,11 @@ pub async fn build(
             }
         }
     };
-    let audit = AuditLog::spawn(store.clone(), cfg.audit_retention);
+    let audit = AuditLog::spawn(store.clone(), cfg.audit.retention);
     let auth = Arc::new(Auth::new(store, mode, settings, external_keys, audit));
-    if let AuthMode::Builtin {
-        admin_name,
-        admin_passwordfile,
-        ..
-    } = &cfg.mode
-    {
-        let given = match (std::env::var("WHARF_ADMIN_PASSWORD"), admin_passwordfile) {
+    if let AuthMode::Builtin(b) = cfg.mode() {
+        let admin_name = &b.admin.name;
+        let given = match (std::env::var("WHARF_ADMIN_PASSWORD"), &b.admin.passwordfile) {
             (Ok(p), _) if !p.is_empty() => Some(p),
             (_, Some(f)) => {
                 let p = std::fs::read_to_string(f)

@@ -13,6 +13,7 @@ mod access;
 mod admin_cli;
 mod config;
 mod server;
+mod tls;
 
 use config::Config;
 
@@ -171,13 +172,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `wharf config check`: every warning and error at once, then the
+/// effective configuration; fails if there is an error, exactly when `wharf
+/// serve` would refuse to start.
 fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
     let path = config_path(file);
-    let loaded = config::load(path.as_deref(), &env_vars())?;
-    for k in &loaded.ignored {
-        eprintln!("warning: configuration key {k} is not supported and is ignored");
+    let mut loaded = config::load(path.as_deref(), &env_vars())?;
+    config::files::check(&loaded.config, &mut loaded.report);
+    for w in &loaded.report.warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &loaded.report.errors {
+        eprintln!("error: {e}");
     }
     print!("{}", loaded.config.to_yaml());
+    let n = loaded.report.errors.len();
+    if n > 0 {
+        anyhow::bail!(
+            "{n} error{} in the configuration",
+            if n == 1 { "" } else { "s" }
+        );
+    }
     Ok(())
 }
 
@@ -269,18 +284,17 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
     // not only the collection's SQL and deletions.
     wharf_background::lower_this_thread();
     let path = config_path(args.config);
-    let loaded = config::load(path.as_deref(), &env_vars())?;
-    let mut cfg = loaded.config;
+    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
     if let Some(d) = args.data {
-        cfg.storage.rootdirectory = d;
+        cfg.storage.filesystem.rootdirectory = d;
     }
     let grace = match args.grace {
         Some(g) => config::parse_duration(&g).context("--grace")?,
-        None => cfg.storage.gc.grace,
+        None => cfg.storage.maintenance.gc.grace,
     };
     let untagged_age = match args.untagged_age {
         Some(a) => Some(config::parse_duration(&a).context("--untagged-age")?),
-        None => cfg.storage.gc.untagged_age,
+        None => cfg.storage.untagged_age(),
     };
     init_logging(&cfg);
     match session {
@@ -302,11 +316,13 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         let (registry, meta) = open_registry(&cfg).await?;
         // With access control on, the server keeps an audit log in the same
         // database: this collection's deletions belong there too.
-        let audit = (!matches!(cfg.auth.mode, config::AuthMode::None))
-            .then(|| wharf_auth::AuditLog::spawn(meta, cfg.auth.audit_retention));
+        let audit = cfg
+            .auth
+            .enabled()
+            .then(|| wharf_auth::AuditLog::spawn(meta, cfg.auth.audit.retention));
         let collected = collect(
             &registry,
-            &cfg.storage.rootdirectory,
+            cfg.storage.root(),
             grace,
             untagged_age,
             args.dry_run,
@@ -337,8 +353,8 @@ fn init_logging(cfg: &Config) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::new(f),
         _ => {
-            let mut f = format!("{},hyper=warn,h2=warn,rustls=warn", cfg.log.level);
-            if cfg.log.accesslog_disabled {
+            let mut f = format!("{},hyper=warn,h2=warn,rustls=warn", cfg.log.level.as_str());
+            if cfg.log.accesslog.disabled {
                 f.push_str(",wharf::access=off");
             }
             EnvFilter::new(f)
@@ -350,7 +366,7 @@ fn init_logging(cfg: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if cfg.log.formatter == "text" {
+    if cfg.log.formatter == config::LogFormat::Text {
         builder.init();
     } else {
         builder.json().flatten_event(true).init();
@@ -360,19 +376,24 @@ fn init_logging(cfg: &Config) {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let path = config_path(args.config.or(args.config_positional));
-    let loaded = config::load(path.as_deref(), &env_vars())?;
-    let mut cfg = loaded.config;
+    let mut loaded = config::load(path.as_deref(), &env_vars())?;
     if let Some(d) = args.data {
-        cfg.storage.rootdirectory = d;
+        loaded.config.storage.filesystem.rootdirectory = d;
     }
     if let Some(a) = args.addr {
-        cfg.http.addr = a;
+        if let Err(e) = config::listen_addrs(&a) {
+            loaded.report.error("--addr", format!("{e:#}"));
+        }
+        loaded.config.http.addr = a;
     }
+    // The same checks as `wharf config check`, before anything is created.
+    config::files::check(&loaded.config, &mut loaded.report);
+    let (cfg, warnings) = loaded.into_config()?;
     init_logging(&cfg);
-    for k in &loaded.ignored {
-        tracing::warn!(key = %k, "configuration key is not supported and is ignored");
+    for w in &warnings {
+        tracing::warn!("configuration: {w}");
     }
-    if let Some(dir) = &cfg.storage.gc.cgroup {
+    if let Some(dir) = &cfg.storage.maintenance.gc.cgroup {
         // Before any background job, which would start the pool outside it.
         let cg = wharf_background::start(Some(dir))
             .with_context(|| format!("storage.maintenance.gc.cgroup {}", dir.display()))?;
@@ -410,7 +431,7 @@ async fn open_registry(
     Arc<wharf_core::Registry>,
     Arc<wharf_meta::sqlite::SqliteMeta>,
 )> {
-    let root = &cfg.storage.rootdirectory;
+    let root = cfg.storage.root();
     prepare_data_dir(root)?;
     let blobs = wharf_store::fs::FsBlobStore::open(root)
         .with_context(|| format!("opening blob storage in {}", root.display()))?;
@@ -422,19 +443,19 @@ async fn open_registry(
         Arc::new(blobs),
         meta.clone(),
         wharf_core::CoreConfig {
-            delete_enabled: cfg.storage.delete_enabled,
-            delete_referrers: cfg.storage.delete_referrers,
+            delete_enabled: cfg.storage.delete.enabled,
+            delete_referrers: cfg.storage.delete.referrers == config::Referrers::Delete,
         },
     ));
     Ok((registry, meta))
 }
 
 async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
-    let root = cfg.storage.rootdirectory.clone();
+    let root = cfg.storage.root().to_owned();
     let (registry, meta) = open_registry(&cfg).await?;
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     if auth.is_some()
-        && cfg.http.tls.is_none()
+        && cfg.http.tls.files().is_none()
         && config::listen_addrs(&cfg.http.addr)?
             .iter()
             .any(|a| !a.ip().is_loopback())
@@ -450,8 +471,8 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         registry: registry.clone(),
         config: wharf_api::ApiConfig {
             base_url: cfg.http.host.clone(),
-            gc_grace: cfg.storage.gc.grace,
-            gc_untagged_age: cfg.storage.gc.untagged_age,
+            gc_grace: cfg.storage.maintenance.gc.grace,
+            gc_untagged_age: cfg.storage.untagged_age(),
         },
         auth,
     });
@@ -461,7 +482,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         for (k, vs) in &cfg.http.headers {
             let name =
                 HeaderName::try_from(k.as_str()).with_context(|| format!("http.headers: {k:?}"))?;
-            for v in vs {
+            for v in vs.values() {
                 let v = HeaderValue::try_from(v.as_str())
                     .with_context(|| format!("http.headers: {k}: {v:?}"))?;
                 extra.push((name.clone(), v));
@@ -484,14 +505,14 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     let tls = cfg
         .http
         .tls
-        .as_ref()
-        .map(|t| server::tls_acceptor(t, !cfg.http.http2_disabled))
+        .files()
+        .map(|t| tls::acceptor(&t, !cfg.http.http2.disabled))
         .transpose()?;
     let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
     let local = listener.local_addr()?;
 
-    if cfg.storage.uploadpurging.enabled {
-        let p = cfg.storage.uploadpurging.clone();
+    if cfg.storage.maintenance.uploadpurging.enabled {
+        let p = cfg.storage.maintenance.uploadpurging.clone();
         let reg = registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(p.interval);
@@ -510,8 +531,9 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         });
     }
 
-    if cfg.storage.gc.enabled {
-        let g = cfg.storage.gc.clone();
+    if cfg.storage.maintenance.gc.enabled {
+        let g = cfg.storage.maintenance.gc.clone();
+        let untagged_age = cfg.storage.untagged_age();
         let reg = registry.clone();
         let gc_root = root.clone();
         let audit = state.auth.as_ref().map(|a| a.audit_log().clone());
@@ -520,16 +542,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
                 tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
             loop {
                 tick.tick().await;
-                match collect(
-                    &reg,
-                    &gc_root,
-                    g.grace,
-                    g.untagged_age,
-                    false,
-                    audit.as_ref(),
-                )
-                .await
-                {
+                match collect(&reg, &gc_root, g.grace, untagged_age, false, audit.as_ref()).await {
                     Ok(Some(_)) => {}
                     Ok(None) => tracing::info!("another garbage collection is running; skipped"),
                     Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
@@ -551,7 +564,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         });
     }
 
-    if let Some(interval) = cfg.storage.retention_interval {
+    if let Some(interval) = cfg.storage.retention_interval() {
         let reg = registry.clone();
         let meta = meta.clone();
         let auth = state.auth.clone();
@@ -569,7 +582,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         addr = %local,
         tls = tls.is_some(),
         data = %root.display(),
-        delete_enabled = cfg.storage.delete_enabled,
+        delete_enabled = cfg.storage.delete.enabled,
         startup_ms = started.elapsed().as_millis() as u64,
         "wharf {} listening", env!("CARGO_PKG_VERSION")
     );
@@ -582,7 +595,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
 
     let opts = server::ServeOptions {
         tls,
-        http2: !cfg.http.http2_disabled,
+        http2: !cfg.http.http2.disabled,
         drain: cfg.http.draintimeout,
     };
     server::serve(listener, app, opts, shutdown_signal()).await;

@@ -17,8 +17,6 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use wharf_api::ConnInfo;
 
-use crate::config::TlsConfig;
-
 /// What Go's net/http writes when a TLS ClientHello reaches a plain-HTTP port.
 /// Clients that probe HTTPS first (skopeo, podman, buildah, docker) recognise
 /// it and fall back to HTTP at once.
@@ -28,38 +26,6 @@ const TLS_ON_PLAIN_PORT: &[u8] =
 const TLS_HANDSHAKE: u8 = 0x16;
 /// How long a new connection may take to send its first bytes or finish TLS.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub fn tls_acceptor(cfg: &TlsConfig, http2: bool) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.certificate)
-        .with_context(|| format!("reading certificate {}", cfg.certificate.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing certificate {}", cfg.certificate.display()))?;
-    if certs.is_empty() {
-        bail!("{} holds no certificate", cfg.certificate.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
-        .with_context(|| format!("reading private key {}", cfg.key.display()))?;
-    let versions: &[&rustls::SupportedProtocolVersion] = if cfg.minimumtls == "tls1.3" {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .context("TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not form a usable pair")?;
-    sc.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(TlsAcceptor::from(Arc::new(sc)))
-}
 
 /// Binds the first of `addrs` that works for each address family asked for.
 /// `[::]` takes IPv4 as well on Linux, so a following `0.0.0.0` of the same

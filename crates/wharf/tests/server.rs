@@ -84,7 +84,41 @@ fn config_check_prints_effective_config() {
     assert!(stdout.contains("addr: 127.0.0.1:6000"), "{stdout}");
     assert!(stdout.contains("enabled: false"), "{stdout}");
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("notifications.endpoints"), "{stderr}");
+    assert!(stderr.contains("warning: notifications"), "{stderr}");
+
+    // Every problem at once, and a failure: what `serve` would refuse.
+    std::fs::write(
+        &p,
+        "log:\n  level: loud\nstorage:\n  filesystem:\n    rootdirectroy: /x\n  s3: {bucket: b}\nauth:\n  htpasswd:\n    path: /nonexistent/htpasswd\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["config", "check"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "error: log.level",
+        "error: storage.filesystem.rootdirectroy: unknown key",
+        "error: storage.s3",
+        "error: auth.htpasswd.path: /nonexistent/htpasswd does not exist",
+        "4 errors",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("4 errors") && stderr.contains("/nonexistent/htpasswd"),
+        "{stderr}"
+    );
 
     std::fs::write(&p, "http:\n  addr: :5000\n   bad: indent\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
