@@ -110,7 +110,7 @@ impl Admin {
                 "access control is not enabled on this registry",
             ));
         };
-        let addr = conn.and_then(|c| c.remote).map(|a| a.ip());
+        let addr = conn.and_then(|c| c.client_ip());
         let base = crate::base_url(st, &uri, headers, conn.as_ref());
         let who = authenticate(&auth, headers, addr, &base).await?;
         if who == Principal::Anonymous {

@@ -317,8 +317,7 @@ pub(crate) async fn authorize(
 fn client_addr(req: &Request) -> Option<IpAddr> {
     req.extensions()
         .get::<ConnInfo>()
-        .and_then(|c| c.remote)
-        .map(|a| a.ip())
+        .and_then(ConnInfo::client_ip)
 }
 
 /// An OAuth2-style error as the token endpoint answers it.

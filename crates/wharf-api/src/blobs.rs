@@ -201,6 +201,7 @@ pub(crate) async fn start(mut ctx: Ctx, name: RepoName) -> ApiResult {
         });
     }
     if let Some(digest) = digest_param(&ctx, "digest")? {
+        let _slot = ctx.st.uploads.acquire(ctx.addr)?;
         let body = body_stream(std::mem::take(&mut ctx.body));
         reg.upload_monolithic(&name, &digest, body).await?;
         return Ok(blob_created(&ctx, &name, &digest));
@@ -216,6 +217,7 @@ pub(crate) async fn status(ctx: Ctx, name: RepoName, id: String) -> ApiResult {
 
 pub(crate) async fn patch(mut ctx: Ctx, name: RepoName, id: String) -> ApiResult {
     let range = parse_content_range(ctx.header(header::CONTENT_RANGE))?;
+    let _slot = ctx.st.uploads.acquire(ctx.addr)?;
     let body = body_stream(std::mem::take(&mut ctx.body));
     let s = ctx
         .st
@@ -233,6 +235,9 @@ pub(crate) async fn put(mut ctx: Ctx, name: RepoName, id: String) -> ApiResult {
         )
     })?;
     let range = parse_content_range(ctx.header(header::CONTENT_RANGE))?;
+    let _slot = has_body(&ctx)
+        .then(|| ctx.st.uploads.acquire(ctx.addr))
+        .transpose()?;
     let body = has_body(&ctx).then(|| body_stream(std::mem::take(&mut ctx.body)));
     ctx.st
         .registry

@@ -20,8 +20,10 @@ mod auth;
 mod blobs;
 pub mod endpoint;
 pub mod error;
+mod limits;
 mod manifests;
 pub mod metrics;
+pub mod server;
 
 pub use endpoint::Endpoint;
 pub use error::{ApiError, ErrorCode};
@@ -30,8 +32,19 @@ use wharf_core::Registry;
 /// Facts about the connection a request came in on, set by the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// The TCP peer.
     pub remote: Option<SocketAddr>,
+    /// The client: the peer, or the address a trusted proxy forwarded for
+    /// (see [`server::client_ip`]).
+    pub client: Option<std::net::IpAddr>,
     pub tls: bool,
+}
+
+impl ConnInfo {
+    /// The client's address, for throttling, limits and logs.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.client.or(self.remote.map(|a| a.ip()))
+    }
 }
 
 /// Settings of the API layer.
@@ -45,6 +58,12 @@ pub struct ApiConfig {
     pub gc_grace: std::time::Duration,
     /// The untagged-manifest policy (`storage.maintenance.untagged`), if on.
     pub gc_untagged_age: Option<std::time::Duration>,
+    /// The longest pause in a request body (`http.timeouts.bodyidle`).
+    pub body_idle: std::time::Duration,
+    /// Upload requests in progress at once, in all (`http.limits.uploads`).
+    pub max_uploads: usize,
+    /// And per client address (`http.limits.uploadsperclient`).
+    pub max_uploads_per_client: usize,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +72,9 @@ impl Default for ApiConfig {
             base_url: None,
             gc_grace: std::time::Duration::from_secs(24 * 3600),
             gc_untagged_age: None,
+            body_idle: std::time::Duration::from_secs(60),
+            max_uploads: 4096,
+            max_uploads_per_client: 256,
         }
     }
 }
@@ -62,6 +84,24 @@ pub struct AppState {
     pub config: ApiConfig,
     /// Access control; `None` serves everyone everything (distribution's default).
     pub auth: Option<Arc<wharf_auth::Auth>>,
+    /// Upload requests in progress, in all and per client address.
+    pub(crate) uploads: limits::UploadLimits,
+}
+
+impl AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: ApiConfig,
+        auth: Option<Arc<wharf_auth::Auth>>,
+    ) -> AppState {
+        let uploads = limits::UploadLimits::new(config.max_uploads, config.max_uploads_per_client);
+        AppState {
+            registry,
+            config,
+            auth,
+            uploads,
+        }
+    }
 }
 
 /// Puts what a garbage collection deletes in the audit log: each manifest
@@ -103,7 +143,9 @@ pub struct EndpointLabel(pub &'static str);
 pub type ApiResult = Result<Response, ApiError>;
 
 /// The router with every route and the access-log and metrics layer.
+/// Every request body may pause at most `config.body_idle`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let body_idle = state.config.body_idle;
     Router::new()
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
@@ -115,6 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
         .with_state(state)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .layer(axum::middleware::from_fn(metrics::observe))
 }
 
@@ -164,6 +207,8 @@ pub(crate) struct Ctx {
     pub query: Query,
     pub body: Body,
     pub caller: auth::Caller,
+    /// The client's address (see [`ConnInfo::client_ip`]).
+    pub addr: Option<std::net::IpAddr>,
     base: String,
 }
 
@@ -228,7 +273,7 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let label = ep.label();
     let conn = parts.extensions.get::<ConnInfo>();
     let base = base_url(&st, &parts.uri, &parts.headers, conn);
-    let addr = conn.and_then(|c| c.remote).map(|a| a.ip());
+    let addr = conn.and_then(ConnInfo::client_ip);
     let caller = match &st.auth {
         None => auth::Caller::Open,
         Some(a) => {
@@ -254,6 +299,7 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
         query: Query::parse(parts.uri.query()),
         body,
         caller,
+        addr,
         base,
     };
     let mut resp = dispatch(ep, ctx)

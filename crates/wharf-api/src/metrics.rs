@@ -77,8 +77,8 @@ pub(crate) async fn observe(req: Request, next: Next) -> Response {
     let remote = req
         .extensions()
         .get::<ConnInfo>()
-        .and_then(|c| c.remote)
-        .map(|a| a.ip().to_string())
+        .and_then(ConnInfo::client_ip)
+        .map(|a| a.to_string())
         .unwrap_or_default();
     let user_agent = req
         .headers()

@@ -5,13 +5,17 @@
 //! `<root>/wharf/uploads/<id>`, on the same filesystem, so committing is a
 //! rename: fsync the file, rename it into place, fsync the directory.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{Seek, SeekFrom};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use wharf_oci::Digest;
 
 use crate::{BlobRead, BlobStore, ByteStream, StoreError};
@@ -23,8 +27,6 @@ const WRITE_BATCH: usize = 256 << 10;
 /// chunks pulled a warm 1 GiB blob in 0.23 s, 1 MiB zeroed chunks in 0.33 s,
 /// 4 MiB memory-mapped windows in 0.49 s).
 const READ_CHUNK: usize = 256 << 10;
-/// Batches in flight between the request and the disk thread, per upload.
-const WRITE_QUEUE: usize = 2;
 /// Start writeback after this many bytes, so the commit's fsync finds little
 /// left to write.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -122,37 +124,75 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Streams `len` bytes of `file` from its current position. A blocking task
-/// reads ahead (up to READ_QUEUE chunks) while earlier chunks go out on the
-/// socket; it stops as soon as the receiver is dropped (client gone).
-fn file_stream(file: std::fs::File, len: u64) -> ByteStream {
+/// Streams `len` bytes of `file` from `start`. Each chunk is read by a short
+/// blocking task (`pread`), up to READ_QUEUE chunks ahead of the socket. No
+/// thread waits for the client: a slow reader leaves at most READ_QUEUE
+/// chunks in memory, and the stream stops reading when it is dropped.
+fn file_stream(file: std::fs::File, start: u64, len: u64) -> ByteStream {
     advise_sequential(&file);
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_QUEUE);
-    tokio::task::spawn_blocking(move || {
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(READ_CHUNK as u64) as usize;
-            // read_to_end fills spare capacity without zeroing it first.
-            let mut buf = Vec::with_capacity(want);
-            let item = match (&file).take(want as u64).read_to_end(&mut buf) {
-                Ok(n) if n == want => Ok(Bytes::from(buf)),
-                Ok(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob shorter than expected",
-                )),
-                Err(e) => Err(e),
-            };
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return;
-            }
-            left -= want as u64;
+    let file = Arc::new(file);
+    let mut next = start;
+    let end = start + len;
+    let mut inflight: VecDeque<tokio::task::JoinHandle<std::io::Result<Bytes>>> = VecDeque::new();
+    let mut failed = false;
+    futures::stream::poll_fn(move |cx| {
+        if failed {
+            return Poll::Ready(None);
         }
-    });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+        while inflight.len() < READ_QUEUE && next < end {
+            let want = (end - next).min(READ_CHUNK as u64) as usize;
+            let (f, at) = (file.clone(), next);
+            inflight.push_back(tokio::task::spawn_blocking(move || {
+                read_chunk(&f, at, want)
+            }));
+            next += want as u64;
+        }
+        let Some(head) = inflight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = match std::task::ready!(Pin::new(head).poll(cx)) {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        inflight.pop_front();
+        failed = item.is_err();
+        Poll::Ready(Some(item))
     })
     .boxed()
+}
+
+/// Reads exactly `want` bytes at `at`, into a buffer that is not zeroed first.
+fn read_chunk(file: &std::fs::File, at: u64, want: usize) -> std::io::Result<Bytes> {
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    while buf.len() < want {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `spare.len()` bytes into memory this
+        // Vec owns; only the bytes it reports written are marked initialised.
+        let n = unsafe {
+            libc::pread(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                (at + buf.len() as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blob shorter than expected",
+            ));
+        }
+        // SAFETY: pread initialised the next `n` bytes.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// O_DIRECT wants buffers, offsets and lengths aligned to the block size.
@@ -315,7 +355,7 @@ impl BlobStore for FsBlobStore {
     ) -> Result<Option<BlobRead>, StoreError> {
         let path = self.blob_dir(digest).join("data");
         let opened = blocking(move || {
-            let Some(mut file) = not_found_as_none(std::fs::File::open(path))? else {
+            let Some(file) = not_found_as_none(std::fs::File::open(path))? else {
                 return Ok(None);
             };
             let size = file.metadata()?.len();
@@ -323,13 +363,12 @@ impl BlobStore for FsBlobStore {
                 Some(r) => (*r.start(), r.end().saturating_sub(*r.start()) + 1),
                 None => (0, size),
             };
-            file.seek(SeekFrom::Start(start))?;
-            Ok(Some((file, size, len)))
+            Ok(Some((file, size, start, len)))
         })
         .await?;
-        Ok(opened.map(|(file, size, len)| BlobRead {
+        Ok(opened.map(|(file, size, start, len)| BlobRead {
             size,
-            stream: file_stream(file, len),
+            stream: file_stream(file, start, len),
         }))
     }
 
@@ -381,7 +420,7 @@ impl BlobStore for FsBlobStore {
     ) -> Result<u64, StoreError> {
         let path = self.upload_path(id);
         let id_owned = id.to_owned();
-        let file = blocking(move || {
+        let (file, direct) = blocking(move || {
             let Some(mut file) =
                 not_found_as_none(std::fs::OpenOptions::new().write(true).open(&path))?
             else {
@@ -399,44 +438,80 @@ impl BlobStore for FsBlobStore {
                 file.set_len(offset)?;
             }
             file.seek(SeekFrom::Start(offset))?;
-            Ok(Ok(file))
+            let direct = open_direct(&path);
+            Ok(Ok((file, direct)))
         })
         .await??;
 
-        // A disk thread writes batches while this task reads the next ones from
-        // the network: memory per upload is at most (WRITE_QUEUE + 1) batches
-        // plus the writer's aligned buffer.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let direct = open_direct(&self.upload_path(id));
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-            let mut w = UploadWriter::new(file, direct, offset);
-            while let Some(b) = rx.blocking_recv() {
-                w.write(&b)?;
-            }
-            w.finish()
-        });
+        // Batches are written by short blocking tasks, one at a time, while
+        // this task reads the next batch from the network: no thread waits
+        // for the client, however slowly it sends. Memory per upload is two
+        // batches plus the writer's aligned buffer.
+        let mut writer = Some(UploadWriter::new(file, direct, offset));
+        let mut pending: Option<tokio::task::JoinHandle<(UploadWriter, std::io::Result<()>)>> =
+            None;
         let mut batch = BytesMut::new();
         let mut body_err = None;
-        while let Some(item) = data.next().await {
-            match item {
-                Ok(chunk) => {
-                    batch.extend_from_slice(&chunk);
-                    if batch.len() >= WRITE_BATCH && tx.send(batch.split().freeze()).await.is_err()
-                    {
-                        break; // the writer failed; its error is reported below
+        let mut write_err = None;
+        // Waits for the write in flight; puts its writer back.
+        async fn settle(
+            pending: &mut Option<tokio::task::JoinHandle<(UploadWriter, std::io::Result<()>)>>,
+            writer: &mut Option<UploadWriter>,
+        ) -> std::io::Result<()> {
+            match pending.take() {
+                None => Ok(()),
+                Some(h) => match h.await {
+                    Ok((w, r)) => {
+                        *writer = Some(w);
+                        r
                     }
+                    Err(e) => Err(std::io::Error::other(e)),
+                },
+            }
+        }
+        loop {
+            let item = data.next().await;
+            let last = match item {
+                Some(Ok(chunk)) => {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() < WRITE_BATCH {
+                        continue;
+                    }
+                    false
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     body_err = Some(e);
                     break;
                 }
+                None => true,
+            };
+            if let Err(e) = settle(&mut pending, &mut writer).await {
+                write_err = Some(e);
+                break;
+            }
+            if !batch.is_empty() {
+                let b = batch.split().freeze();
+                let Some(mut w) = writer.take() else { break };
+                pending = Some(tokio::task::spawn_blocking(move || {
+                    let r = w.write(&b);
+                    (w, r)
+                }));
+            }
+            if last {
+                break;
             }
         }
-        if body_err.is_none() && !batch.is_empty() {
-            let _ = tx.send(batch.freeze()).await;
+        if let Err(e) = settle(&mut pending, &mut writer).await
+            && write_err.is_none()
+        {
+            write_err = Some(e);
         }
-        drop(tx);
-        let written = writer.await.map_err(std::io::Error::other).and_then(|r| r);
+        let written = match (write_err, writer) {
+            (Some(e), _) => Err(e),
+            (None, Some(w)) if body_err.is_none() => blocking(move || w.finish()).await,
+            (None, Some(_)) => Ok(0),
+            (None, None) => Err(std::io::Error::other("upload writer lost")),
+        };
         if body_err.is_some() || written.is_err() {
             // Give the space back now (the disk may be full), not at the next
             // append or when the session is purged days later.
@@ -461,7 +536,7 @@ impl BlobStore for FsBlobStore {
         let id_owned = id.to_owned();
         let file = blocking(move || not_found_as_none(std::fs::File::open(path))).await?;
         let file = file.ok_or(StoreError::UploadNotFound(id_owned))?;
-        Ok(file_stream(file, size))
+        Ok(file_stream(file, 0, size))
     }
 
     async fn commit_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), StoreError> {

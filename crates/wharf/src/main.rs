@@ -405,6 +405,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    match server::raise_open_files_limit() {
+        Ok(n) if n < 8192 => tracing::warn!(
+            limit = n,
+            "the open files limit is low: each connection and upload holds one \
+             (raise LimitNOFILE or ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -467,15 +476,18 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
              (or terminate TLS in front of Wharf and set http.host to its https URL)"
         );
     }
-    let state = Arc::new(wharf_api::AppState {
-        registry: registry.clone(),
-        config: wharf_api::ApiConfig {
+    let state = Arc::new(wharf_api::AppState::new(
+        registry.clone(),
+        wharf_api::ApiConfig {
             base_url: cfg.http.host.clone(),
             gc_grace: cfg.storage.maintenance.gc.grace,
             gc_untagged_age: cfg.storage.untagged_age(),
+            body_idle: cfg.http.timeouts.bodyidle,
+            max_uploads: cfg.http.limits.uploads,
+            max_uploads_per_client: cfg.http.limits.uploadsperclient,
         },
         auth,
-    });
+    ));
     let mut app = wharf_api::router(state.clone());
     if !cfg.http.headers.is_empty() {
         let mut extra = Vec::new();
@@ -593,12 +605,17 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         root.display()
     );
 
-    let opts = server::ServeOptions {
+    let opts = wharf_api::server::ServeOptions {
         tls,
         http2: !cfg.http.http2.disabled,
         drain: cfg.http.draintimeout,
+        header_timeout: cfg.http.timeouts.header,
+        write_idle: cfg.http.timeouts.writeidle,
+        idle: cfg.http.timeouts.idle,
+        connections_per_client: cfg.http.limits.connectionsperclient,
+        trusted_proxies: Arc::new(cfg.http.trustedproxies.clone()),
     };
-    server::serve(listener, app, opts, shutdown_signal()).await;
+    wharf_api::server::serve(listener, app, opts, shutdown_signal()).await;
     if let Err(e) = registry.flush_pulls().await {
         tracing::warn!(error = %e, "recording pull times failed");
     }

@@ -15,6 +15,8 @@ pub struct TestRegistryBuilder {
     delete_enabled: bool,
     delete_referrers: bool,
     auth: Option<AuthSetup>,
+    api: ApiConfig,
+    serve: wharf_api::server::ServeOptions,
 }
 
 /// Access control for a test registry.
@@ -47,6 +49,8 @@ impl TestRegistry {
             delete_enabled: true,
             delete_referrers: true,
             auth: None,
+            api: ApiConfig::default(),
+            serve: wharf_api::server::ServeOptions::default(),
         }
     }
 
@@ -105,6 +109,18 @@ impl TestRegistryBuilder {
 
     pub fn delete_enabled(mut self, on: bool) -> Self {
         self.delete_enabled = on;
+        self
+    }
+
+    /// Settings of the API layer (limits, timeouts of bodies).
+    pub fn api(mut self, f: impl FnOnce(&mut ApiConfig)) -> Self {
+        f(&mut self.api);
+        self
+    }
+
+    /// Settings of the connection layer (timeouts, connection limits).
+    pub fn serve(mut self, f: impl FnOnce(&mut wharf_api::server::ServeOptions)) -> Self {
+        f(&mut self.serve);
         self
     }
 
@@ -178,36 +194,21 @@ impl TestRegistryBuilder {
                 delete_referrers: self.delete_referrers,
             },
         ));
-        let app = wharf_api::router(Arc::new(AppState {
-            auth: auth.clone(),
-            registry: registry.clone(),
-            config: ApiConfig::default(),
-        }))
-        // What the real server does: tell handlers the client's address.
-        .layer(axum::middleware::from_fn(
-            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-                let remote = req
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0);
-                req.extensions_mut()
-                    .insert(wharf_api::ConnInfo { remote, tls: false });
-                next.run(req).await
-            },
-        ));
+        let app = wharf_api::router(Arc::new(AppState::new(
+            registry.clone(),
+            self.api,
+            auth.clone(),
+        )));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let opts = self.serve;
+        // The server's own connection handling, as `wharf serve` runs it.
         let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            wharf_api::server::serve(listener, app, opts, async {
                 let _ = rx.await;
             })
-            .await
-            .unwrap();
+            .await;
         });
         TestRegistry {
             addr,
