@@ -928,6 +928,7 @@ fn read_document(
     file: Option<&Path>,
     env: &[(String, String)],
     report: &mut Report,
+    from_env: &mut std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<Value> {
     let mut doc = match file {
         Some(path) => {
@@ -951,7 +952,9 @@ fn read_document(
         let Some(rest) = k.strip_prefix("REGISTRY_") else {
             continue;
         };
-        if rest == "CONFIGURATION_PATH" {
+        // REGISTRY_AUTH_FILE is the credentials file of podman, buildah
+        // and skopeo (containers-auth.json), often set in the same shell.
+        if rest == "CONFIGURATION_PATH" || rest == "AUTH_FILE" {
             continue;
         }
         if rest == "STORAGE" {
@@ -964,6 +967,7 @@ fn read_document(
             continue;
         }
         let path: Vec<String> = rest.split('_').map(|p| p.to_ascii_lowercase()).collect();
+        from_env.insert(path.join("."), k.clone());
         // Values are YAML, as in distribution: "true" is a boolean, "5" a number.
         let value: Value = serde_yaml_ng::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
         set_path(&mut doc, &path, value);
@@ -976,7 +980,8 @@ fn read_document(
 /// names (see [`files::check`] for those).
 pub fn load(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Loaded> {
     let mut report = Report::default();
-    let mut doc = read_document(file, env, &mut report)?;
+    let mut from_env = std::collections::BTreeMap::new();
+    let mut doc = read_document(file, env, &mut report, &mut from_env)?;
     // Deserialize; at an invalid value, note it, drop it and go again, so
     // that every invalid value is reported, each with its path.
     let (config, ignored) = loop {
@@ -1003,7 +1008,7 @@ pub fn load(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Loa
     for key in &ignored {
         leaf_keys(&doc, key, &mut leaves);
     }
-    classify_unknown(&leaves, &mut report);
+    classify_unknown(&leaves, &from_env, &mut report);
     if let Some(ro) = doc_bool(&doc, &["storage", "maintenance", "readonly", "enabled"])
         && ro
     {
@@ -1060,7 +1065,13 @@ fn doc_bool(doc: &Value, path: &[&str]) -> Option<bool> {
 }
 
 /// Sorts keys outside Wharf's sections into quiet, warned and refused ones.
-fn classify_unknown(ignored: &[String], report: &mut Report) {
+/// A variable of the environment that names no key is only warned about:
+/// the environment is shared with other programs.
+fn classify_unknown(
+    ignored: &[String],
+    from_env: &std::collections::BTreeMap<String, String>,
+    report: &mut Report,
+) {
     let mut seen = std::collections::BTreeSet::new();
     for key in ignored {
         match distribution::disposition(key) {
@@ -1074,10 +1085,16 @@ fn classify_unknown(ignored: &[String], report: &mut Report) {
                     distribution::Disposition::Refuse(why) => report.error(prefix, why),
                 }
             }
-            None => report.error(
-                key,
-                "unknown key (a typo?): see the configuration reference",
-            ),
+            None => match from_env.get(key) {
+                Some(var) => report.warn(
+                    key,
+                    format!("set by {var}, which names no configuration key: ignored"),
+                ),
+                None => report.error(
+                    key,
+                    "unknown key (a typo?): see the configuration reference",
+                ),
+            },
         }
     }
 }

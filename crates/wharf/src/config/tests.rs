@@ -93,6 +93,25 @@ fn env_overrides_file() {
     assert!(matches!(c.auth.mode(), AuthMode::Htpasswd(h) if h.realm == "1234"));
 }
 
+/// The environment is shared with other programs: podman's credentials file
+/// is skipped, and a variable that names no key is a warning, not an error.
+#[test]
+fn foreign_environment_variables_are_not_errors() {
+    let l = load_str(
+        "",
+        &[
+            ("REGISTRY_AUTH_FILE", "/run/containers/auth.json"),
+            ("REGISTRY_MYSTERY", "1"),
+        ],
+    )
+    .unwrap();
+    assert!(l.report.errors.is_empty(), "{:?}", l.report.errors);
+    assert_eq!(l.report.warnings.len(), 1, "{:?}", l.report.warnings);
+    assert!(l.report.warnings[0].contains("REGISTRY_MYSTERY"));
+    // The same key in a file is a typo.
+    assert!(!errors("mystery: 1\n", &[]).is_empty());
+}
+
 /// Every problem in one report, each with its key.
 #[test]
 fn every_problem_is_reported_at_once() {
