@@ -5,14 +5,27 @@
 # Needs dockerd and containerd started (start_dockerd, start_containerd).
 
 auth_tls_config() { # auth_tls_config FILE AUTH_YAML
-  # Every client here logs in from 127.0.0.1 and some fail on purpose: a
-  # higher lockout threshold than the default keeps them from locking out
-  # the rest (the API tests prove the throttle).
-  printf 'http:\n  tls:\n    certificate: %s\n    key: %s\n%s\n  lockout:\n    attempts: 200\n' "$CERTS/server.crt" "$CERTS/server.key" "$2" >"$1"
+  # The default login throttle: every client here logs in from 127.0.0.1
+  # and each first fails on purpose, then logs in with the right password.
+  printf 'http:\n  tls:\n    certificate: %s\n    key: %s\n%s\n' "$CERTS/server.crt" "$CERTS/server.key" "$2" >"$1"
 }
 
 # Requests to the token endpoint answered 200 by method.
 token_calls() { metric "wharf_http_requests_total{endpoint=\"token\",method=\"$1\",status=\"200\"}"; }
+
+# spray_wrong_passwords USER N STATUS: N wrong passwords for USER at the
+# token endpoint; succeeds if the last answer was STATUS.
+spray_wrong_passwords() {
+  local s i
+  for i in $(seq 1 "$2"); do
+    s=$(token_status "$1" "wrong-$i")
+  done
+  test "$s" = "$3"
+}
+
+token_status() { # token_status USER PASSWORD: the token endpoint's status
+  curl -sS --cacert "$CERTS/ca.crt" -o /dev/null -w '%{http_code}' -u "$1:$2" "https://$REG/auth/token?service=wharf"
+}
 
 ctr_hosts() { # a hosts.toml dir making ctr speak HTTPS with our CA
   local d=$1
@@ -86,9 +99,11 @@ client_auth() {
   check "builtin: robot pushes with its secret" skopeo copy --dest-cert-dir "$CERTS/certdir" --dest-creds "robot\$ci:$secret" "oci:$L:amd64" "docker://$REG/team/robot:1"
   check "builtin: robot cannot push elsewhere" bash -c "! skopeo copy --dest-cert-dir $CERTS/certdir --dest-creds 'robot\$ci:$secret' oci:$L:amd64 docker://$REG/other/robot:1"
 
+  check "builtin: podman login, wrong password refused" bash -c "! $P login $c -u dev -p wrong $REG"
   check "builtin: podman login" $P login $c -u dev -p dev-secret-1 "$REG"
   check "builtin: podman pull" $P pull $c "$REG/team/app:1"
   check "builtin: podman push" bash -c "$P tag $REG/team/app:1 $REG/team/podman:1 && $P push $c $REG/team/podman:1"
+  check "builtin: buildah login, wrong password refused" bash -c "! $B login $c -u dev -p wrong $REG"
   check "builtin: buildah login" $B login $c -u dev -p dev-secret-1 "$REG"
   check "builtin: buildah pull" $B pull $c "$REG/team/podman:1"
 
@@ -107,6 +122,18 @@ client_auth() {
   check "builtin: containerd asked by POST" test "$(token_calls POST)" -gt "$before"
   check "builtin: ctr push with a wrong password refused" bash -c "! $CTR images push --hosts-dir $w/hosts-builtin --user dev:wrong $REG/team/ctr:2 e2e/x:amd64"
   check "builtin: ctr pull anonymously from the public project" $CTR images pull --hosts-dir "$w/hosts-builtin" "$REG/team/ctr:1"
+
+  echo "--- login throttling"
+  local spray
+  spray=$("$WHARF" robot add spray -p team:pull --json | jq -r .secret)
+  check "throttle: twelve wrong passwords for one account end in 429" spray_wrong_passwords 'robot$spray' 12 429
+  check_eq "throttle: then its right password waits too" 429 "$(token_status 'robot$spray' "$spray")"
+  check "throttle: another account from the same address still logs in" skopeo login $c -u dev -p dev-secret-1 "$REG"
+  skopeo logout "$REG" >/dev/null 2>&1
+  check "throttle: the admin sees it (CLI)" bash -c "$WHARF throttle list | grep -qF 'robot\$spray'"
+  check "throttle: the admin clears it (CLI)" bash -c "$WHARF throttle clear --account 'robot\$spray' | grep -q 'cleared 1 '"
+  check_eq "throttle: the robot logs in again at once" 200 "$(token_status 'robot$spray' "$spray")"
+  check "throttle: clearing works on the data directory too" bash -c "$WHARF throttle clear --data $WHARF_DIR/data | grep -q '^cleared '"
 
   check "builtin: project usage counts the pushed images (CLI)" bash -c "$WHARF project usage team | grep -q '^team/app '"
   check "builtin: admin deletes a repository (CLI)" "$WHARF" repo rm team/robot

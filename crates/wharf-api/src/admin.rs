@@ -69,7 +69,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/robots", get(list_robots).post(create_robot))
         .route("/api/v1/robots/{name}", delete(delete_robot))
         .route("/api/v1/audit", get(audit))
-        .route("/api/v1/gc", axum::routing::post(run_gc))
+        .route(
+            "/api/v1/throttles",
+            get(list_throttles).delete(clear_throttles),
+        )
+        .route("/api/v1/gc", get(gc_status).post(run_gc))
         .route("/api/v1/repositories/{*name}", delete(delete_repository))
 }
 
@@ -811,7 +815,104 @@ async fn audit(State(st): State<Arc<AppState>>, req: Request) -> Result<Response
     )
 }
 
+// ---- login throttles ----------------------------------------------------------
+
+/// `GET /api/v1/throttles?limit=N`: accounts and addresses with failed
+/// logins, newest first (system admins).
+async fn list_throttles(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_admin()?;
+    let q = crate::Query::parse(req.uri().query());
+    let limit = match q.get("limit") {
+        None | Some("") => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| invalid("limit must be a whole number"))?
+            .clamp(1, 10_000),
+    };
+    let now = wharf_auth::now_ms();
+    let list: Vec<wharf_auth::throttle::ThrottleEntry> = a
+        .auth
+        .throttles(limit)
+        .await
+        .map_err(internal_auth)?
+        .iter()
+        .map(|t| wharf_auth::throttle::ThrottleEntry::new(t, now))
+        .collect();
+    ok(
+        StatusCode::OK,
+        serde_json::to_value(list).map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?,
+    )
+}
+
+/// `DELETE /api/v1/throttles?account=NAME&address=ADDR`: forgets failed
+/// logins of an account, an address, or both (`account=` empty: names that
+/// name no account); of everyone with neither (system admins).
+async fn clear_throttles(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_admin()?;
+    let q = crate::Query::parse(req.uri().query());
+    let account = q.get("account");
+    let address =
+        match q.get("address").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(wharf_auth::throttle::parse_throttle_addr(v).ok_or_else(|| {
+                invalid("address must be an IP address (or an IPv6 /64 as listed)")
+            })?),
+        };
+    let cleared = a
+        .auth
+        .clear_throttles(account, address.as_deref())
+        .await
+        .map_err(internal_auth)?;
+    a.auth
+        .audit(
+            a.who.actor(),
+            a.addr,
+            "throttle.clear",
+            format!(
+                "account={} address={}",
+                account.unwrap_or("*"),
+                address.as_deref().unwrap_or("*")
+            ),
+            "ok",
+        )
+        .await;
+    ok(
+        StatusCode::OK,
+        serde_json::to_value(wharf_auth::throttle::ThrottlesCleared { cleared })
+            .map_err(|e| ApiError::msg(ErrorCode::Unknown, e.to_string()))?,
+    )
+}
+
+fn internal_auth(e: wharf_auth::AuthError) -> ApiError {
+    ApiError::msg(ErrorCode::Unknown, e.to_string())
+}
+
 // ---- garbage collection ------------------------------------------------------
+
+/// `GET /api/v1/gc`: whether a collection is running, on any process or
+/// node on the metadata store, and who runs it.
+async fn gc_status(State(st): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let a = Admin::from(&st, facts(&req)).await?;
+    a.require_admin()?;
+    let v = match st.registry.gc_running().await.map_err(ApiError::from)? {
+        None => json!({"running": false}),
+        Some(l) => json!({
+            "running": true,
+            "holder": l.owner,
+            "since": wharf_auth::rfc3339(l.acquired_at_ms / 1000),
+            "lease_expires": wharf_auth::rfc3339(l.expires_at_ms / 1000),
+        }),
+    };
+    ok(StatusCode::OK, v)
+}
 
 /// `POST /api/v1/gc?dry_run=true&grace_seconds=N&untagged_age_seconds=M`:
 /// one collection now.
@@ -847,7 +948,6 @@ async fn run_gc(State(st): State<Arc<AppState>>, req: Request) -> Result<Respons
             wharf_core::GcOptions {
                 grace,
                 dry_run,
-                sole_collector: false,
                 untagged_age,
             },
             &events,

@@ -778,48 +778,245 @@ async fn oauth2_password_and_refresh_grants() {
     );
 }
 
+/// A client whose connections come from `source` (any 127.0.0.0/8 address
+/// reaches the test server).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn failed_logins_are_throttled_per_address() {
+async fn failed_logins_are_throttled_per_account_and_address() {
     let reg = TestRegistry::builder()
         .auth(AuthSetup::Builtin {
             lockout_attempts: 5,
         })
         .spawn()
         .await;
-    let try_login = |p: &'static str| {
-        reg.client
-            .get(reg.url("/auth/token?service=wharf"))
-            .basic_auth("admin", Some(p))
+    let (attacker, admin_elsewhere, shared_nat, sprayer) = (
+        client_from("127.0.0.1"),
+        client_from("127.0.0.2"),
+        client_from("127.0.0.1"),
+        client_from("127.0.0.4"),
+    );
+    let login = |c: &reqwest::Client, user: &str, p: &str| {
+        c.get(reg.url("/auth/token?service=wharf"))
+            .basic_auth(user, Some(p))
             .send()
     };
+    // Five wrong passwords for admin from 127.0.0.1 are free; the fifth
+    // blocks admin from there for a second.
     for _ in 0..5 {
-        assert_eq!(try_login("wrong").await.unwrap().status(), 401);
+        assert_eq!(
+            login(&attacker, "admin", "wrong").await.unwrap().status(),
+            401
+        );
     }
-    let r = try_login("wrong").await.unwrap();
+    let r = login(&attacker, "admin", "wrong").await.unwrap();
     assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
-    // Even the right password waits out the window.
-    assert_eq!(try_login(ADMIN_PASSWORD).await.unwrap().status(), 429);
-    let r = reg
-        .client
+    // The right password from the same address waits too (else the block
+    // would be no block)...
+    assert_eq!(
+        login(&shared_nat, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    let r = shared_nat
         .get(reg.url("/v2/"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
+    // ...but admin from another address is not blocked,
+    assert_eq!(
+        login(&admin_elsewhere, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = admin_elsewhere
+        .post(reg.url("/api/v1/users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "dev", "password": "dev-secret-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // nor another account from the same address.
+    assert_eq!(
+        login(&shared_nat, "dev", "dev-secret-123")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A password verified recently is remembered (until the cache's minute
+    // is up, or any change to users empties it): an attacker failing on
+    // that account from the same address does not lock out its holder.
+    for _ in 0..5 {
+        assert_eq!(
+            login(&attacker, "dev", "wrong").await.unwrap().status(),
+            401
+        );
+    }
+    assert_eq!(
+        login(&attacker, "dev", "guess").await.unwrap().status(),
+        429
+    );
+    assert_eq!(
+        login(&shared_nat, "dev", "dev-secret-123")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Names that name nobody count per address, with their own allowance
+    // (10 here): then unknown names are refused from there, real accounts not.
+    for i in 0..10 {
+        let s = login(&sprayer, &format!("nobody{i}"), "x")
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 401, "attempt {i}");
+    }
+    assert_eq!(
+        login(&sprayer, "nobody-more", "x").await.unwrap().status(),
+        429
+    );
+    assert_eq!(
+        login(&sprayer, "dev", "dev-secret-123")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(login(&sprayer, "dev", "wrong").await.unwrap().status(), 401);
+
+    // Admins see the throttles, newest first...
+    let r = admin_elsewhere
+        .get(reg.url("/api/v1/throttles"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().await.unwrap();
+    openapi_check(&Method::GET, "/throttles", StatusCode::OK, &list);
+    let entries: Vec<(Value, String, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["account"].clone(),
+                t["address"].as_str().unwrap().to_owned(),
+                t["failures"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (json!("dev"), "127.0.0.4".to_owned(), 1),
+            (Value::Null, "127.0.0.4".to_owned(), 10),
+            (json!("dev"), "127.0.0.1".to_owned(), 5),
+            (json!("admin"), "127.0.0.1".to_owned(), 5),
+        ]
+    );
+    assert!(
+        list[0]["blocked_until"].is_null(),
+        "dev failed once: not blocked"
+    );
+    // ...others may not,
+    let r = shared_nat
+        .get(reg.url("/api/v1/throttles"))
+        .basic_auth("dev", Some("dev-secret-123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // and clearing one lets admin in from 127.0.0.1 at once.
+    let r = admin_elsewhere
+        .delete(reg.url("/api/v1/throttles?account=admin&address=127.0.0.1"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    openapi_check(&Method::DELETE, "/throttles", StatusCode::OK, &v);
+    assert_eq!(v["cleared"], 1);
+    assert_eq!(
+        login(&shared_nat, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = admin_elsewhere
+        .delete(reg.url("/api/v1/throttles?address=not-an-address"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // A success forgets the pair's failures.
+    let r = admin_elsewhere
+        .post(reg.url("/api/v1/users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ops", "password": "ops-secret-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(login(&sprayer, "ops", "typo").await.unwrap().status(), 401);
+    assert_eq!(
+        login(&sprayer, "ops", "ops-secret-123")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let list: Value = admin_elsewhere
+        .get(reg.url("/api/v1/throttles"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["account"] == "ops"),
+        "{list}"
+    );
+
     // Failures were audited (the writer flushes within a second; identical
-    // records of one flush are one row that counts them).
+    // records of one flush are one row that counts them); throttled
+    // attempts never reach the check.
     let store = reg.auth.as_ref().unwrap().store().clone();
+    let want = 5 + 10 + 1 + 1 + 5;
     let mut failed = 0;
     for _ in 0..60 {
         failed = store
             .audit(&wharf_auth::AuditFilter {
                 action: Some("login".into()),
                 outcome: Some("failed".into()),
-                limit: 100,
+                limit: 1000,
                 ..Default::default()
             })
             .await
@@ -830,15 +1027,12 @@ async fn failed_logins_are_throttled_per_address() {
                 None => 1,
             })
             .sum();
-        if failed >= 5 {
+        if failed >= want {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        failed, 5,
-        "each refused attempt is counted once; throttled ones never reach the check"
-    );
+    assert_eq!(failed, want);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,7 +34,6 @@ fn now_grace(secs: u64) -> GcOptions {
     GcOptions {
         grace: Duration::from_secs(secs),
         dry_run: false,
-        sole_collector: false,
         untagged_age: None,
     }
 }
@@ -91,7 +90,6 @@ async fn frees_what_nothing_references_and_keeps_the_rest() {
             GcOptions {
                 grace: Duration::ZERO,
                 dry_run: true,
-                sole_collector: false,
                 untagged_age: None,
             },
             &(),
@@ -184,7 +182,6 @@ async fn stress_push_retag_delete_while_collecting() {
                         GcOptions {
                             grace,
                             dry_run: false,
-                            sole_collector: false,
                             untagged_age: None,
                         },
                         &(),
@@ -422,7 +419,6 @@ async fn untagged_manifests_policy() {
     let opts = |age: u64, dry_run: bool| GcOptions {
         grace: Duration::ZERO,
         dry_run,
-        sole_collector: false,
         untagged_age: Some(Duration::from_secs(age)),
     };
     let told = Told::default();

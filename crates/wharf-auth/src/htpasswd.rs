@@ -118,6 +118,14 @@ impl Htpasswd {
         }
     }
 
+    /// Whether the file names `user` (with any password).
+    pub fn contains(&self, user: &str) -> bool {
+        self.loaded
+            .lock()
+            .map(|g| g.users.contains_key(user))
+            .unwrap_or(false)
+    }
+
     /// Whether the file names no user at all.
     pub fn is_empty(&self) -> bool {
         self.loaded

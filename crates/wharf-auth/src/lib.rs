@@ -26,13 +26,14 @@ pub mod audit;
 pub mod htpasswd;
 pub mod password;
 pub mod scope;
-mod throttle;
+pub mod throttle;
 pub mod token;
 
 pub use audit::{AuditLog, now_ms};
 pub use scope::{AccessEntry, Action, Actions, Resource, Scope, project_of};
-use throttle::Throttle;
+use throttle::LoginThrottle;
 use token::{Audience, Claims, Signer, TokenError, Verifier};
+pub use wharf_meta::{Throttle, ThrottleKey, ThrottlePolicy};
 
 /// Prefix of personal access tokens, so they are recognisable in a password field.
 pub const PAT_PREFIX: &str = "wharf_pat_";
@@ -141,8 +142,15 @@ pub struct Settings {
     /// How long a verified password is remembered (saves an argon2 or bcrypt
     /// run per request). Changes made through Wharf invalidate it at once.
     pub credential_cache_ttl: Duration,
+    /// Failed logins per (account, address) before each further one blocks
+    /// the pair for a doubling delay (see [`throttle`]).
     pub max_failed_logins: u32,
+    /// Failures are forgotten this long after the last one (or its block).
     pub failed_login_window: Duration,
+    /// Failed logins with names that name no account, per address.
+    pub max_unknown_logins: u32,
+    /// The longest a pair is blocked for at once.
+    pub max_login_delay: Duration,
 }
 
 impl Default for Settings {
@@ -155,6 +163,8 @@ impl Default for Settings {
             credential_cache_ttl: Duration::from_secs(60),
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
+            max_unknown_logins: 30,
+            max_login_delay: Duration::from_secs(3600),
         }
     }
 }
@@ -270,7 +280,7 @@ pub struct Auth {
     mode: Mode,
     settings: Settings,
     verifier: Option<Verifier>,
-    throttle: Throttle,
+    throttle: LoginThrottle,
     /// Bumped by every change to users or credentials: cached logins die.
     epoch: AtomicU64,
     logins: BoundedCache<Principal>,
@@ -308,9 +318,19 @@ impl Auth {
             )),
             Mode::Htpasswd { .. } => None,
         };
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let policy = |attempts: u32| ThrottlePolicy {
+            attempts: attempts.max(1),
+            window_ms: ms(settings.failed_login_window),
+            max_delay_ms: ms(settings.max_login_delay).max(1000),
+        };
         Auth {
+            throttle: LoginThrottle::new(
+                store.clone(),
+                policy(settings.max_failed_logins),
+                policy(settings.max_unknown_logins),
+            ),
             store,
-            throttle: Throttle::new(settings.max_failed_logins, settings.failed_login_window),
             mode,
             settings,
             verifier,
@@ -370,16 +390,15 @@ impl Auth {
     }
 
     /// Checks a user name and password. Unknown names cost what wrong
-    /// passwords cost; failures count towards the address's throttle.
+    /// passwords cost. Failures count against (account, address), or the
+    /// address's unknown names (see [`throttle`]); a login remembered from
+    /// a recent success is not throttled.
     pub async fn basic(
         &self,
         user: &str,
         password: &str,
         addr: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
-        if let Some(a) = addr {
-            self.throttle.check(a).map_err(AuthError::Throttled)?;
-        }
         if let Mode::Htpasswd { file, .. } = &self.mode
             && file.refresh()
         {
@@ -390,11 +409,29 @@ impl Auth {
         if let Some(p) = self.logins.get(&key, epoch) {
             return Ok(p);
         }
+        let now = now_ms();
+        let throttle_key = match addr {
+            Some(a) => Some(ThrottleKey {
+                account: self.account_exists(user).await?.then(|| user.to_owned()),
+                addr: throttle::throttle_addr(a),
+            }),
+            None => None,
+        };
+        let had_failures = match &throttle_key {
+            Some(k) => self
+                .throttle
+                .check(k, now)
+                .await?
+                .map_err(AuthError::Throttled)?,
+            None => false,
+        };
         let found = self.check_password(user, password).await?;
         match found {
             Some(p) => {
-                if let Some(a) = addr {
-                    self.throttle.success(a);
+                if let Some(k) = throttle_key.as_ref().filter(|_| had_failures)
+                    && let Err(e) = self.throttle.success(k).await
+                {
+                    tracing::warn!(error = %e, "clearing failed logins after a success failed");
                 }
                 self.logins.put(
                     key,
@@ -406,14 +443,48 @@ impl Auth {
                 Ok(p)
             }
             None => {
-                if let Some(a) = addr {
-                    self.throttle.failure(a);
+                if let Some(k) = &throttle_key {
+                    self.throttle.failure(k, now).await?;
                 }
                 metrics::counter!("wharf_login_failures_total").increment(1);
                 self.audit(user, addr, "login", "", "failed").await;
                 Err(AuthError::BadCredentials)
             }
         }
+    }
+
+    /// Whether `user` names an account that could log in: a user (also for
+    /// personal access tokens), a robot, or an htpasswd entry.
+    async fn account_exists(&self, user: &str) -> Result<bool, AuthError> {
+        Ok(match &self.mode {
+            Mode::Htpasswd { file, .. } => file.contains(user),
+            Mode::External { .. } => false,
+            Mode::Builtin { .. } => match user.strip_prefix(ROBOT_USER_PREFIX) {
+                Some(robot) => self
+                    .store
+                    .credentials(CredentialKind::Robot, None)
+                    .await?
+                    .iter()
+                    .any(|c| c.name == robot),
+                None => self.store.user(user).await?.is_some(),
+            },
+        })
+    }
+
+    /// Accounts and addresses with failed logins, newest first.
+    pub async fn throttles(&self, limit: usize) -> Result<Vec<Throttle>, AuthError> {
+        Ok(self.throttle.list(now_ms(), limit).await?)
+    }
+
+    /// Forgets failed logins of an account (`Some("")`: of unknown names),
+    /// an address (as [`throttle::parse_throttle_addr`] reads it), or both;
+    /// of everyone with neither. Returns how many entries went.
+    pub async fn clear_throttles(
+        &self,
+        account: Option<&str>,
+        addr: Option<&str>,
+    ) -> Result<u64, AuthError> {
+        Ok(self.throttle.clear(account, addr).await?)
     }
 
     async fn check_password(
@@ -682,15 +753,28 @@ impl Auth {
     /// user, robot or access token still exists and (for a user) the
     /// password has not changed since the refresh token was issued.
     pub async fn refresh(&self, token: &str, addr: Option<IpAddr>) -> Result<Principal, AuthError> {
-        if let Some(a) = addr {
-            self.throttle.check(a).map_err(AuthError::Throttled)?;
+        // A bad refresh token counts like an unknown name: it names nobody.
+        let now = now_ms();
+        let key = addr.map(|a| ThrottleKey {
+            account: None,
+            addr: throttle::throttle_addr(a),
+        });
+        if let Some(k) = &key {
+            self.throttle
+                .check(k, now)
+                .await?
+                .map_err(AuthError::Throttled)?;
         }
-        let fail = |e: AuthError| {
-            if let Some(a) = addr {
-                self.throttle.failure(a);
-            }
-            e
-        };
+        let result = self.refresh_inner(token).await;
+        if let (Err(AuthError::BadCredentials | AuthError::BadToken(_)), Some(k)) = (&result, &key)
+        {
+            self.throttle.failure(k, now).await?;
+        }
+        result
+    }
+
+    async fn refresh_inner(&self, token: &str) -> Result<Principal, AuthError> {
+        let fail = std::convert::identity::<AuthError>;
         let verifier = self.verifier.as_ref().ok_or(AuthError::Unauthorized)?;
         let c = verifier
             .verify(token, now_ms() / 1000)

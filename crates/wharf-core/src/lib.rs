@@ -57,8 +57,6 @@ pub struct Registry {
     /// Uploads with a request in progress on this node. Two requests writing
     /// one upload at once would interleave their bytes.
     busy: Mutex<HashSet<String>>,
-    /// Held while a garbage collection runs.
-    gc_lock: tokio::sync::Mutex<()>,
     /// Manifest pulls not yet written (see [`Registry::note_pull`]).
     pulls: Mutex<HashMap<RepoName, HashMap<Digest, i64>>>,
 }
@@ -128,7 +126,6 @@ impl Registry {
             meta,
             config,
             busy: Mutex::new(HashSet::new()),
-            gc_lock: tokio::sync::Mutex::new(()),
             pulls: Mutex::new(HashMap::new()),
         }
     }
@@ -244,7 +241,7 @@ impl Registry {
         if size.is_some() && self.blobs.stat(digest).await?.is_some() {
             // A collection may have taken the blob since: then it is not
             // linkable, and the client uploads it like any other.
-            match self.meta.link_blob(repo, digest).await {
+            match self.meta.link_blob(repo, digest, None).await {
                 Ok(()) => {
                     return Ok(MountResult::Mounted {
                         digest: digest.clone(),
@@ -408,19 +405,26 @@ impl Registry {
             self.drop_upload(&u.id).await;
             return Err(e);
         }
-        self.record_blob(digest, u.size).await?;
+        // Record and pin the blob, commit its bytes, then link it and end the
+        // session in one transaction: no collection, at any grace period,
+        // takes a blob between its commit and its link.
+        self.record_blob(digest, u.size, &u.id).await?;
         self.blobs.commit_upload(&u.id, u.size, digest).await?;
-        self.meta.link_blob(repo, digest).await?;
-        self.meta.delete_upload(&u.id).await?;
+        self.meta.link_blob(repo, digest, Some(&u.id)).await?;
         Ok(u.size)
     }
 
-    /// Refreshes a blob's record before its bytes are committed, waiting out
-    /// a garbage collection that is deleting an older copy (see [`gc`]).
-    async fn record_blob(&self, digest: &Digest, size: u64) -> Result<(), CoreError> {
+    /// Refreshes a blob's record and pins it for upload `pin` before its
+    /// bytes are committed, waiting out a garbage collection that is
+    /// deleting an older copy (see [`gc`]).
+    async fn record_blob(&self, digest: &Digest, size: u64, pin: &str) -> Result<(), CoreError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match self.meta.record_blob(digest, size, now_ms()).await {
+            match self
+                .meta
+                .record_blob(digest, size, now_ms(), Some(pin))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(MetaError::Conflict) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -182,6 +182,55 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
+/// What failed logins are counted against: an account from one client
+/// address, or (`account: None`) every name that names no account, from one
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ThrottleKey {
+    pub account: Option<String>,
+    /// The client's address, or its network for IPv6 (`2001:db8::/64`).
+    pub addr: String,
+}
+
+/// How failures turn into waits: `attempts` failures are free within
+/// `window_ms`; each one after them blocks the key for twice as long as the
+/// one before (1 s, 2 s, 4 s, …) up to `max_delay_ms`. A key with no failure
+/// for `window_ms` after its last failure or block is forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottlePolicy {
+    pub attempts: u32,
+    pub window_ms: i64,
+    pub max_delay_ms: i64,
+}
+
+impl ThrottlePolicy {
+    /// How long the `failures`-th failure blocks the key.
+    pub fn delay_ms(&self, failures: u32) -> i64 {
+        if failures < self.attempts {
+            return 0;
+        }
+        let doublings = (failures - self.attempts).min(40);
+        (1000i64 << doublings).min(self.max_delay_ms)
+    }
+
+    /// Whether a key last failed at `last_ms` and blocked until
+    /// `blocked_until_ms` is forgotten at `now_ms`.
+    pub fn expired(&self, last_ms: i64, blocked_until_ms: i64, now_ms: i64) -> bool {
+        now_ms >= last_ms.max(blocked_until_ms).saturating_add(self.window_ms)
+    }
+}
+
+/// The failures counted against a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    pub key: ThrottleKey,
+    pub failures: u32,
+    pub first_failure_ms: i64,
+    pub last_failure_ms: i64,
+    /// Logins under this key are refused until then (0: not blocked).
+    pub blocked_until_ms: i64,
+}
+
 /// Access-control storage.
 ///
 /// Contract, proven for every backend by [`crate::testsuite::auth`]:
@@ -241,4 +290,39 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditEntry)>, MetaError>;
     /// Deletes records older than `before_ms`; returns how many.
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, MetaError>;
+
+    /// The failures counted against `key`, unless forgotten under `policy`
+    /// at `now_ms`.
+    async fn throttle(
+        &self,
+        key: &ThrottleKey,
+        policy: &ThrottlePolicy,
+        now_ms: i64,
+    ) -> Result<Option<Throttle>, MetaError>;
+    /// Counts one more failure against `key` (atomically, whoever else
+    /// counts at the same time) and returns the key's state afterwards. Also
+    /// forgets a few keys that `policy` lets go, so that the table stays as
+    /// small as the recent failures.
+    async fn throttle_failure(
+        &self,
+        key: &ThrottleKey,
+        policy: &ThrottlePolicy,
+        now_ms: i64,
+    ) -> Result<Throttle, MetaError>;
+    /// Forgets the failures of the keys matching both filters (`None`
+    /// matches any; an account of `Some("")` matches the unknown-name keys).
+    /// Returns how many keys were forgotten.
+    async fn clear_throttles(
+        &self,
+        account: Option<&str>,
+        addr: Option<&str>,
+    ) -> Result<u64, MetaError>;
+    /// Every key with failures not forgotten under `policy` at `now_ms`,
+    /// most recent failure first, at most `limit`.
+    async fn throttles(
+        &self,
+        policy: &ThrottlePolicy,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Throttle>, MetaError>;
 }

@@ -12,7 +12,7 @@ pub mod sqlite;
 
 pub use auth::{
     AuditEntry, AuditFilter, AuthStore, Credential, CredentialKind, Member, Permission, Project,
-    Role, User,
+    Role, Throttle, ThrottleKey, ThrottlePolicy, User,
 };
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -50,6 +50,10 @@ pub enum MetaError {
     /// The tag exists and may not be moved to another manifest.
     #[error("tag {0} is immutable")]
     Immutable(String),
+    /// The caller no longer holds the named lease (it expired and another
+    /// holder may have taken it).
+    #[error("lease {0} is not held")]
+    LeaseLost(String),
     #[error("metadata backend error: {0}")]
     Backend(String),
 }
@@ -173,6 +177,17 @@ pub struct Upload {
     pub updated_at_ms: i64,
 }
 
+/// The name of the lease a garbage collector holds while it works.
+pub const GC_LEASE: &str = "gc";
+
+/// Who holds a lease, since when and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub acquired_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
 /// One page of a sorted listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -195,13 +210,31 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Records that blob `digest` of `size` bytes is about to be committed to
     /// the blob store (or already is): creates its record, or refreshes it so
     /// that a garbage collection will not choose it for the grace period.
-    /// `Conflict` while a collection is deleting it: the caller waits and
-    /// retries, and must not commit the bytes meanwhile.
-    async fn record_blob(&self, digest: &Digest, size: u64, now_ms: i64) -> Result<(), MetaError>;
+    /// With `pin` (an upload session's id), the blob is also pinned until
+    /// that upload is finished by [`link_blob`](Self::link_blob) or removed:
+    /// no collection chooses a pinned blob, whatever its grace period.
+    /// `Conflict` while a live collection (one holding [`GC_LEASE`]) is
+    /// deleting it: the caller waits and retries, and must not commit the
+    /// bytes meanwhile. A mark left by a collector that no longer holds the
+    /// lease is cleared instead: the caller's commit puts the bytes back.
+    async fn record_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        now_ms: i64,
+        pin: Option<&str>,
+    ) -> Result<(), MetaError>;
 
-    /// Makes recorded blob `digest` visible in `repo`, or refreshes that link.
-    /// `MissingBlob` if the blob has no record or a collection is deleting it.
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError>;
+    /// Makes recorded blob `digest` visible in `repo`, or refreshes that
+    /// link; with `finished_upload`, also removes that upload session (and
+    /// its pin) in the same transaction. `MissingBlob` if the blob has no
+    /// record or a collection is deleting it.
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        finished_upload: Option<&str>,
+    ) -> Result<(), MetaError>;
 
     /// The blob's size if `repo` may see it.
     async fn blob_in_repo(
@@ -364,14 +397,48 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Ids of uploads not updated since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64) -> Result<Vec<String>, MetaError>;
 
+    // ---- leases ------------------------------------------------------------------
+    //
+    // A lease is a named, exclusive, expiring claim, kept in the database so
+    // that it holds across processes and nodes. Its holder renews it while
+    // working; a holder that dies lets it expire, and the next one takes it.
+
+    /// Takes lease `name` for `owner` until `now_ms + ttl_ms` if nobody
+    /// holds it, its holder's time ran out, or `owner` holds it already.
+    /// Returns the holder afterwards: `owner` if taken, else the other.
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, MetaError>;
+
+    /// Extends `owner`'s hold on `name` to `now_ms + ttl_ms`. `false` if
+    /// `owner` no longer holds it (another took it after it expired, or it
+    /// was released).
+    async fn lease_renew(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, MetaError>;
+
+    /// Gives up `owner`'s hold on `name`; nothing if it holds none.
+    async fn lease_release(&self, name: &str, owner: &str) -> Result<(), MetaError>;
+
+    /// Who holds `name` at `now_ms`, if anyone.
+    async fn lease_holder(&self, name: &str, now_ms: i64) -> Result<Option<Lease>, MetaError>;
+
     // ---- garbage collection ---------------------------------------------------
     //
     // A blob may be deleted when no manifest references it, no repository
-    // links it, and its record was not refreshed since the grace cutoff. A
-    // collector marks such blobs (atomically re-checking all that), deletes
-    // their bytes, then forgets the records it marked. Marks carry the
-    // collector's id and time, so a collector that died is taken over only
-    // after its marks are old.
+    // links it, no upload pins it, and its record was not refreshed since the
+    // grace cutoff. A collector holding [`GC_LEASE`] marks such blobs
+    // (atomically re-checking all that), deletes their bytes, then forgets
+    // the records it marked. Marks carry the collector's id: the next holder
+    // of the lease takes over the marks of collectors that lost it.
     //
     // These calls are never on a request path: a backend that does their
     // work itself should do it at a low CPU priority (the SQLite backend
@@ -387,13 +454,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Marks up to `limit` deletable blobs (see above; recorded before
     /// `before_ms`) for collector `owner` at `now_ms`, and returns them with
     /// their sizes, in digest order, starting after `after` (the last digest
-    /// of the previous batch, so a run does not re-read what it kept). Also
-    /// takes over marks older than `stale_mark_ms`.
+    /// of the previous batch, so a run does not re-read what it kept). First
+    /// takes over the marks of other collectors, which no longer hold the
+    /// lease. `LeaseLost` (and nothing marked) unless `owner` holds
+    /// [`GC_LEASE`] at `now_ms`.
     async fn gc_mark(
         &self,
         owner: &str,
         before_ms: i64,
-        stale_mark_ms: i64,
         now_ms: i64,
         limit: usize,
         after: Option<&Digest>,

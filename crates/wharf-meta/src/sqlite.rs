@@ -19,8 +19,8 @@ use wharf_oci::{Digest, RepoName, Tag};
 mod auth;
 
 use crate::{
-    ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, ProjectPolicy, PutChecks, Referrer,
-    TagInfo, Upload,
+    GC_LEASE, Lease, ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, ProjectPolicy,
+    PutChecks, Referrer, TagInfo, Upload,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last.
@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_gc.sql"),
     include_str!("../migrations/sqlite/0004_untagged.sql"),
     include_str!("../migrations/sqlite/0005_policy.sql"),
+    include_str!("../migrations/sqlite/0006_coordination.sql"),
+    include_str!("../migrations/sqlite/0007_login_throttles.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -45,14 +47,12 @@ const TAG_CACHE_MAX_LIST: usize = 10_000;
 /// The cache is emptied when it holds more tags than this in all.
 const TAG_CACHE_MAX_TOTAL: usize = 200_000;
 
-/// Sorted tag lists of recently listed repositories.
-///
-/// Sound because this process is the database's only writer: every write that
-/// changes a repository's tags invalidates its entry after committing, and
-/// before the write is acknowledged. A reader that queried the database before
-/// such a commit must not insert its stale list afterwards, so writers bump a
-/// generation under the lock and readers insert only if the generation they
-/// saw before querying is still current.
+/// Sorted tag lists of recently listed repositories, each with the
+/// repository's `tags_version` when it was read. A list is served only while
+/// the version in the database is still the same: the triggers of migration
+/// 6 bump it on every tag added or removed, by any process, so the cache is
+/// sound with other writers on the database (`wharf gc`, `wharf repo rm`,
+/// `wharf import`, other nodes).
 #[derive(Default)]
 struct TagCache {
     inner: Mutex<TagCacheInner>,
@@ -60,40 +60,31 @@ struct TagCache {
 
 #[derive(Default)]
 struct TagCacheInner {
-    generation: u64,
-    lists: std::collections::HashMap<String, Arc<Vec<String>>>,
+    lists: std::collections::HashMap<String, (i64, Arc<Vec<String>>)>,
     total: usize,
 }
 
 impl TagCache {
-    fn get(&self, repo: &str) -> (Option<Arc<Vec<String>>>, u64) {
-        match self.inner.lock() {
-            Ok(g) => (g.lists.get(repo).cloned(), g.generation),
-            Err(_) => (None, u64::MAX),
-        }
+    fn get(&self, repo: &str) -> Option<(i64, Arc<Vec<String>>)> {
+        self.inner.lock().ok()?.lists.get(repo).cloned()
     }
 
-    fn insert(&self, repo: &str, generation: u64, list: Arc<Vec<String>>) {
+    fn insert(&self, repo: &str, version: i64, list: Arc<Vec<String>>) {
         let Ok(mut g) = self.inner.lock() else { return };
-        if g.generation != generation {
-            return;
-        }
         if g.total + list.len() > TAG_CACHE_MAX_TOTAL {
             g.lists.clear();
             g.total = 0;
         }
         g.total += list.len();
-        if let Some(old) = g.lists.insert(repo.to_owned(), list) {
+        if let Some((_, old)) = g.lists.insert(repo.to_owned(), (version, list)) {
             g.total -= old.len();
         }
     }
 
+    /// Drops a repository's list early (its version has moved on anyway).
     fn invalidate(&self, repo: &str) {
-        // A poisoned lock means a panic while holding it; recover the data, as
-        // skipping the invalidation would serve stale tags.
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.generation += 1;
-        if let Some(old) = g.lists.remove(repo) {
+        if let Some((_, old)) = g.lists.remove(repo) {
             g.total -= old.len();
         }
     }
@@ -355,6 +346,18 @@ impl SqliteMeta {
     }
 }
 
+/// Whether `owner` holds lease `name` at `now`.
+fn holds_lease(c: &Connection, name: &str, owner: &str, now: i64) -> Result<bool, MetaError> {
+    Ok(
+        c.prepare_cached(
+            "SELECT 1 FROM leases WHERE name = ?1 AND owner = ?2 AND expires_at > ?3",
+        )?
+        .query_row(params![name, owner, now], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some(),
+    )
+}
+
 fn repo_has_manifests(c: &Connection, repo: &str) -> Result<bool, MetaError> {
     Ok(c.prepare_cached(
         "SELECT 1 FROM repositories r WHERE r.name = ?1 \
@@ -537,7 +540,8 @@ const STALE_LINK: &str = "created_at < ?1 AND NOT EXISTS (SELECT 1 FROM manifest
 /// rather than scan the primary key from a cursor.
 const DELETABLE_IN_KEY_ORDER: &str = "+b.gc_marked_at = 0 AND +b.touched_at < ?1 \
      AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest) \
-     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)";
+     AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest) \
+     AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.committing = b.digest)";
 
 fn page(mut items: Vec<String>, n: usize) -> Page {
     let more = items.len() > n;
@@ -551,31 +555,61 @@ fn sizes(v: Option<i64>) -> Option<u64> {
 
 #[async_trait::async_trait]
 impl MetaStore for SqliteMeta {
-    async fn record_blob(&self, digest: &Digest, size: u64, now: i64) -> Result<(), MetaError> {
+    async fn record_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        now: i64,
+        pin: Option<&str>,
+    ) -> Result<(), MetaError> {
         let (digest, size) = (digest.to_string(), to_i64(size)?);
+        let pin = pin.map(str::to_owned);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let marked: Option<i64> = tx
-                .prepare_cached("SELECT gc_marked_at FROM blobs WHERE digest = ?1")?
-                .query_row([&digest], |r| r.get(0))
+            let mark: Option<(i64, Option<String>)> = tx
+                .prepare_cached("SELECT gc_marked_at, gc_owner FROM blobs WHERE digest = ?1")?
+                .query_row([&digest], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            if marked.is_some_and(|m| m > 0) {
-                return Err(MetaError::Conflict);
+            if let Some((marked_at, owner)) = mark
+                && marked_at > 0
+            {
+                if owner
+                    .as_deref()
+                    .is_some_and(|o| holds_lease(&tx, GC_LEASE, o, now).unwrap_or(true))
+                {
+                    return Err(MetaError::Conflict);
+                }
+                // Its collector is gone: whatever it deleted, the caller's
+                // commit puts back.
+                tx.prepare_cached(
+                    "UPDATE blobs SET gc_marked_at = 0, gc_owner = NULL WHERE digest = ?1",
+                )?
+                .execute([&digest])?;
             }
             tx.prepare_cached(
                 "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?1, ?2, ?3, ?3) \
                  ON CONFLICT(digest) DO UPDATE SET touched_at = excluded.touched_at",
             )?
             .execute(params![digest, size, now])?;
+            if let Some(id) = pin {
+                tx.prepare_cached("UPDATE uploads SET committing = ?2 WHERE id = ?1")?
+                    .execute(params![id, digest])?;
+            }
             tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), MetaError> {
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        finished_upload: Option<&str>,
+    ) -> Result<(), MetaError> {
         let (repo, digest_s) = (repo.to_string(), digest.to_string());
         let digest = digest.clone();
+        let finished = finished_upload.map(str::to_owned);
         self.write(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -594,6 +628,10 @@ impl MetaStore for SqliteMeta {
             .execute(params![repo_id, digest_s, now])?;
             tx.prepare_cached("UPDATE blobs SET touched_at = ?2 WHERE digest = ?1")?
                 .execute(params![digest_s, now])?;
+            if let Some(id) = finished {
+                tx.prepare_cached("DELETE FROM uploads WHERE id = ?1")?
+                    .execute([id])?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -1121,38 +1159,57 @@ impl MetaStore for SqliteMeta {
         last: Option<&str>,
         n: usize,
     ) -> Result<Option<Page>, MetaError> {
+        enum Found {
+            NoRepo,
+            Cached(Arc<Vec<String>>),
+            Fresh(i64, Vec<String>),
+            TooMany,
+        }
         let last = last.unwrap_or("").to_owned();
-        let (cached, generation) = self.tags.get(repo.as_str());
-        let all = match cached {
-            Some(list) => list,
-            None => {
-                let r = repo.to_string();
-                // The whole list if it is small enough to cache, else `None`.
-                let whole = self
-                    .read(move |c| {
-                        let mut st = c.prepare_cached(
-                            "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
-                             WHERE r.name = ?1 ORDER BY t.name LIMIT ?2",
-                        )?;
-                        let items = st
-                            .query_map(params![r, limit(TAG_CACHE_MAX_LIST)], |row| row.get(0))?
-                            .collect::<Result<Vec<String>, _>>()?;
-                        if items.is_empty() && !repo_has_manifests(c, &r)? {
-                            return Ok(Err(()));
-                        }
-                        Ok(Ok((items.len() <= TAG_CACHE_MAX_LIST).then_some(items)))
-                    })
-                    .await?;
-                match whole {
-                    Err(()) => return Ok(None),
-                    Ok(Some(items)) => {
-                        let list = Arc::new(items);
-                        self.tags.insert(repo.as_str(), generation, list.clone());
-                        list
-                    }
-                    Ok(None) => return self.list_tags_paged(repo, last, n).await,
+        let cached = self.tags.get(repo.as_str());
+        let r = repo.to_string();
+        let found = self
+            .read(move |c| {
+                // One snapshot for the version and the list.
+                let tx = c.unchecked_transaction()?;
+                let version: Option<i64> = tx
+                    .prepare_cached("SELECT tags_version FROM repositories WHERE name = ?1")?
+                    .query_row([&r], |row| row.get(0))
+                    .optional()?;
+                let Some(version) = version else {
+                    return Ok(Found::NoRepo);
+                };
+                if let Some((v, list)) = cached
+                    && v == version
+                {
+                    return Ok(Found::Cached(list));
                 }
+                let items = tx
+                    .prepare_cached(
+                        "SELECT t.name FROM repositories r JOIN tags t ON t.repo_id = r.id \
+                         WHERE r.name = ?1 ORDER BY t.name LIMIT ?2",
+                    )?
+                    .query_map(params![r, limit(TAG_CACHE_MAX_LIST)], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                if items.is_empty() && !repo_has_manifests(&tx, &r)? {
+                    return Ok(Found::NoRepo);
+                }
+                Ok(if items.len() <= TAG_CACHE_MAX_LIST {
+                    Found::Fresh(version, items)
+                } else {
+                    Found::TooMany
+                })
+            })
+            .await?;
+        let all = match found {
+            Found::NoRepo => return Ok(None),
+            Found::Cached(list) => list,
+            Found::Fresh(version, items) => {
+                let list = Arc::new(items);
+                self.tags.insert(repo.as_str(), version, list.clone());
+                list
             }
+            Found::TooMany => return self.list_tags_paged(repo, last, n).await,
         };
         let start = all.partition_point(|t| t.as_str() <= last.as_str());
         let items: Vec<String> = all[start..]
@@ -1318,6 +1375,87 @@ impl MetaStore for SqliteMeta {
         .await
     }
 
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease, MetaError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "INSERT INTO leases (name, owner, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, \
+                   acquired_at = CASE WHEN leases.owner = excluded.owner THEN leases.acquired_at ELSE excluded.acquired_at END, \
+                   expires_at = excluded.expires_at \
+                 WHERE leases.owner = excluded.owner OR leases.expires_at <= ?3",
+            )?
+            .execute(params![name, owner, now, now.saturating_add(ttl_ms)])?;
+            let held = tx
+                .prepare_cached(
+                    "SELECT owner, acquired_at, expires_at FROM leases WHERE name = ?1",
+                )?
+                .query_row([&name], |r| {
+                    Ok(Lease {
+                        owner: r.get(0)?,
+                        acquired_at_ms: r.get(1)?,
+                        expires_at_ms: r.get(2)?,
+                    })
+                })?;
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn lease_renew(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, MetaError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE leases SET expires_at = ?3 WHERE name = ?1 AND owner = ?2",
+            )?
+            .execute(params![name, owner, now.saturating_add(ttl_ms)])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn lease_release(&self, name: &str, owner: &str) -> Result<(), MetaError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM leases WHERE name = ?1 AND owner = ?2")?
+                .execute(params![name, owner])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease_holder(&self, name: &str, now: i64) -> Result<Option<Lease>, MetaError> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT owner, acquired_at, expires_at FROM leases WHERE name = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![name, now], |r| {
+                Ok(Lease {
+                    owner: r.get(0)?,
+                    acquired_at_ms: r.get(1)?,
+                    expires_at_ms: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
     async fn gc_drop_stale_links(&self, before_ms: i64) -> Result<u64, MetaError> {
         self.drop_stale_links_in_batches(before_ms, LINK_BATCH)
             .await
@@ -1327,7 +1465,6 @@ impl MetaStore for SqliteMeta {
         &self,
         owner: &str,
         before_ms: i64,
-        stale_mark_ms: i64,
         now: i64,
         limit: usize,
         after: Option<&Digest>,
@@ -1337,15 +1474,18 @@ impl MetaStore for SqliteMeta {
         let rows: Vec<(String, i64)> = self
             .write_in_background(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                // Marks of a collector that died, first (by the index on
-                // gc_marked_at).
+                if !holds_lease(&tx, GC_LEASE, &owner, now)? {
+                    return Err(MetaError::LeaseLost(GC_LEASE.into()));
+                }
+                // Marks of collectors that lost the lease, first (by the
+                // index on gc_marked_at).
                 let mut rows = tx
                     .prepare_cached(
-                        "UPDATE blobs SET gc_marked_at = ?3, gc_owner = ?4 WHERE digest IN \
-                         (SELECT digest FROM blobs WHERE gc_marked_at > 0 AND gc_marked_at < ?2 LIMIT ?5) \
+                        "UPDATE blobs SET gc_marked_at = ?2, gc_owner = ?1 WHERE digest IN \
+                         (SELECT digest FROM blobs WHERE gc_marked_at > 0 AND gc_owner IS NOT ?1 LIMIT ?3) \
                          RETURNING digest, size",
                     )?
-                    .query_map(params![0, stale_mark_ms, now, owner, limit as i64], |r| {
+                    .query_map(params![owner, now, limit as i64], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect::<Result<Vec<(String, i64)>, _>>()?;
@@ -1406,7 +1546,8 @@ impl MetaStore for SqliteMeta {
                     "SELECT count(*), coalesce(sum(b.size), 0) FROM blobs b \
                      WHERE b.gc_marked_at = 0 AND b.touched_at < ?1 \
                      AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest) \
-                     AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= ?1)",
+                     AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest AND rb.created_at >= ?1) \
+                     AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.committing = b.digest)",
                 )?
                 .query_row([before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok((links as u64, blobs as u64, bytes as u64))
@@ -1481,18 +1622,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
         let used = Digest::sha256_of(b"used");
-        meta.record_blob(&used, 1, 1).await.unwrap();
+        meta.record_blob(&used, 1, 1, None).await.unwrap();
         // Five repositories link `used` and four more blobs; two of them keep
         // `used` with a manifest, so 2 links stay and 23 are stale: batches
         // of 3 must walk past the kept links and on to the last stale one.
         let mut kept = Vec::new();
         for r in 0..5 {
             let repo: RepoName = format!("links/r{r}").parse().unwrap();
-            meta.link_blob(&repo, &used).await.unwrap();
+            meta.link_blob(&repo, &used, None).await.unwrap();
             for b in 0..4 {
                 let d = Digest::sha256_of(format!("{r}-{b}").as_bytes());
-                meta.record_blob(&d, 1, 1).await.unwrap();
-                meta.link_blob(&repo, &d).await.unwrap();
+                meta.record_blob(&d, 1, 1, None).await.unwrap();
+                meta.link_blob(&repo, &d, None).await.unwrap();
             }
             if r % 2 == 1 {
                 let body = format!("{{\"m\":{r}}}");
@@ -1522,6 +1663,50 @@ mod tests {
         assert_eq!(meta.blob_in_repo(&dropped, &used).await.unwrap(), None);
     }
 
+    /// Another process writing tags to the same database (`wharf gc`,
+    /// `wharf repo rm`, `wharf import`, another node) is seen at once: the
+    /// tag cache checks the repository's version, not its own writes.
+    #[tokio::test]
+    async fn tag_cache_sees_other_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let (one, two) = (
+            SqliteMeta::open(&path).await.unwrap(),
+            SqliteMeta::open(&path).await.unwrap(),
+        );
+        let repo: RepoName = "cache/app".parse().unwrap();
+        let m = ManifestRecord {
+            digest: Digest::sha256_of(b"{}"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            content: b"{}".to_vec(),
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+        };
+        let refs = ManifestRefs::default();
+        let tag = |t: &str| -> Tag { t.parse().unwrap() };
+        async fn tags(meta: &SqliteMeta, repo: &RepoName) -> Vec<String> {
+            meta.list_tags(repo, None, 100)
+                .await
+                .unwrap()
+                .unwrap()
+                .items
+        }
+        one.put_manifest(&repo, &m, &refs, Some(&tag("a")))
+            .await
+            .unwrap();
+        assert_eq!(tags(&one, &repo).await, ["a"]);
+        assert_eq!(tags(&two, &repo).await, ["a"]);
+        two.put_manifest(&repo, &m, &refs, Some(&tag("b")))
+            .await
+            .unwrap();
+        assert_eq!(tags(&one, &repo).await, ["a", "b"], "a tag added elsewhere");
+        assert!(two.delete_tag(&repo, &tag("a")).await.unwrap());
+        assert_eq!(tags(&one, &repo).await, ["b"], "a tag deleted elsewhere");
+        // Unchanged: served from the cache (same list).
+        assert_eq!(tags(&one, &repo).await, ["b"]);
+    }
+
     #[tokio::test]
     async fn auth_contract() {
         let dir = tempfile::tempdir().unwrap();
@@ -1537,8 +1722,8 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         {
             let meta = SqliteMeta::open(&path).await.unwrap();
-            meta.record_blob(&d, 1, 1).await.unwrap();
-            meta.link_blob(&name, &d).await.unwrap();
+            meta.record_blob(&d, 1, 1, None).await.unwrap();
+            meta.link_blob(&name, &d, None).await.unwrap();
         }
         let meta = SqliteMeta::open(&path).await.unwrap();
         assert_eq!(meta.blob_in_repo(&name, &d).await.unwrap(), Some(1));

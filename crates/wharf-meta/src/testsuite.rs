@@ -4,7 +4,7 @@
 use wharf_oci::{Digest, RepoName, Tag};
 
 use crate::{
-    Keep, ManifestRecord, ManifestRefs, MetaError, MetaStore, ProjectPolicy, PutChecks,
+    GC_LEASE, Keep, ManifestRecord, ManifestRefs, MetaError, MetaStore, ProjectPolicy, PutChecks,
     RetentionRule, TagRule, Upload,
 };
 
@@ -31,6 +31,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     // First: these count everything in the store.
     untagged(meta).await;
     garbage_collection(meta).await;
+    leases(meta).await;
     blobs(meta).await;
     manifests_need_their_references(meta).await;
     tags_and_deletes(meta).await;
@@ -54,15 +55,15 @@ pub async fn usage(meta: &dyn MetaStore) {
         Digest::sha256_of(b"usage-own"),
         Digest::sha256_of(b"usage-pending"),
     );
-    meta.record_blob(&shared, 1000, 1).await.unwrap();
-    meta.record_blob(&own, 10, 1).await.unwrap();
-    meta.record_blob(&pending, 5000, 1).await.unwrap();
+    meta.record_blob(&shared, 1000, 1, None).await.unwrap();
+    meta.record_blob(&own, 10, 1, None).await.unwrap();
+    meta.record_blob(&pending, 5000, 1, None).await.unwrap();
     let (a, b, other) = (name("use_r/a"), name("use_r/b"), name("user/x"));
-    meta.link_blob(&a, &shared).await.unwrap();
-    meta.link_blob(&a, &pending).await.unwrap();
-    meta.link_blob(&b, &shared).await.unwrap();
-    meta.link_blob(&b, &own).await.unwrap();
-    meta.link_blob(&other, &own).await.unwrap();
+    meta.link_blob(&a, &shared, None).await.unwrap();
+    meta.link_blob(&a, &pending, None).await.unwrap();
+    meta.link_blob(&b, &shared, None).await.unwrap();
+    meta.link_blob(&b, &own, None).await.unwrap();
+    meta.link_blob(&other, &own, None).await.unwrap();
     let m = manifest("usage-image", None, None);
     meta.put_manifest(
         &a,
@@ -170,11 +171,11 @@ pub async fn quota(meta: &dyn MetaStore) {
         Digest::sha256_of(b"quota-big"),
         Digest::sha256_of(b"quota-small"),
     );
-    meta.record_blob(&big, 1000, 1).await.unwrap();
-    meta.record_blob(&small, 100, 1).await.unwrap();
+    meta.record_blob(&big, 1000, 1, None).await.unwrap();
+    meta.record_blob(&small, 100, 1, None).await.unwrap();
     for r in [&r1, &r2] {
-        meta.link_blob(r, &big).await.unwrap();
-        meta.link_blob(r, &small).await.unwrap();
+        meta.link_blob(r, &big, None).await.unwrap();
+        meta.link_blob(r, &small, None).await.unwrap();
     }
     let m1 = manifest("quota-1", None, None);
     let refs = |b: &[&Digest]| ManifestRefs {
@@ -250,7 +251,7 @@ pub async fn quota(meta: &dyn MetaStore) {
     // stored, and the project never goes past its limit.
     let (ra, rb) = (name("quo2/a"), name("quo2/b"));
     for r in [&ra, &rb] {
-        meta.link_blob(r, &big).await.unwrap();
+        meta.link_blob(r, &big, None).await.unwrap();
     }
     let (ma, mb) = (
         manifest("quota-race-a", None, None),
@@ -517,9 +518,9 @@ pub async fn untagged(meta: &dyn MetaStore) {
 pub async fn repository_delete(meta: &dyn MetaStore) {
     let (repo, other) = (name("rmrepo/app"), name("rmrepo/other"));
     let layer = Digest::sha256_of(b"rmrepo-layer");
-    meta.record_blob(&layer, 3, 1).await.unwrap();
+    meta.record_blob(&layer, 3, 1, None).await.unwrap();
     for r in [&repo, &other] {
-        meta.link_blob(r, &layer).await.unwrap();
+        meta.link_blob(r, &layer, None).await.unwrap();
         let m = manifest("rmrepo-image", None, None);
         let refs = ManifestRefs {
             blobs: vec![layer.clone()],
@@ -575,10 +576,10 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         (&stale_link, 100),
         (&fresh, 10_000),
     ] {
-        meta.record_blob(d, 7, t).await.unwrap();
+        meta.record_blob(d, 7, t, None).await.unwrap();
     }
-    meta.link_blob(&repo, &used).await.unwrap();
-    meta.link_blob(&repo, &stale_link).await.unwrap();
+    meta.link_blob(&repo, &used, None).await.unwrap();
+    meta.link_blob(&repo, &stale_link, None).await.unwrap();
     let m = manifest("gc-image", None, None);
     meta.put_manifest(
         &repo,
@@ -602,52 +603,73 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
     assert_eq!(meta.blob_in_repo(&repo, &stale_link).await.unwrap(), None);
     assert_eq!(meta.blob_in_repo(&repo, &used).await.unwrap(), Some(7));
 
+    // Only the holder of the GC lease marks.
+    assert!(matches!(
+        meta.gc_mark("gc-1", cutoff, 20_000, 10, None).await,
+        Err(MetaError::LeaseLost(_))
+    ));
+    take_gc_lease(meta, "gc-1", 20_000, 10_000).await; // until 30_000
     // Marking honours the cutoff: `fresh` was recorded after it, and linking
     // `stale_link` touched it "now".
     let marked = meta
-        .gc_mark("gc-1", cutoff, 0, 20_000, 10, None)
+        .gc_mark("gc-1", cutoff, 20_000, 10, None)
         .await
         .unwrap();
     assert_eq!(marked, [(orphan.clone(), 7)]);
-    // Marked blobs can be neither recorded (an upload waits) nor linked.
+    // Marked blobs of a live collector can be neither recorded (an upload
+    // waits) nor linked.
     assert!(matches!(
-        meta.record_blob(&orphan, 7, 30_000).await,
+        meta.record_blob(&orphan, 7, 21_000, None).await,
         Err(MetaError::Conflict)
     ));
     assert!(matches!(
-        meta.link_blob(&repo, &orphan).await,
+        meta.link_blob(&repo, &orphan, None).await,
         Err(MetaError::MissingBlob(_))
     ));
-    // Another collector gets nothing new, and takes over only stale marks.
-    assert!(
-        meta.gc_mark("gc-2", cutoff, 0, 20_001, 10, None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // Another collector can neither take the lease nor mark.
+    let held = meta
+        .lease_acquire(GC_LEASE, "gc-2", 21_000, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(held.owner, "gc-1");
+    assert!(matches!(
+        meta.gc_mark("gc-2", cutoff, 21_000, 10, None).await,
+        Err(MetaError::LeaseLost(_))
+    ));
     // Forgetting is per owner.
     meta.gc_forget("gc-2", std::slice::from_ref(&orphan))
         .await
         .unwrap();
     assert!(matches!(
-        meta.record_blob(&orphan, 7, 30_000).await,
+        meta.record_blob(&orphan, 7, 22_000, None).await,
         Err(MetaError::Conflict)
     ));
+    // gc-1 stops renewing (it died, or froze): at 30_000 its lease lapses,
+    // and the next holder takes over its marks.
+    assert!(meta.lease_holder(GC_LEASE, 29_999).await.unwrap().is_some());
+    assert_eq!(meta.lease_holder(GC_LEASE, 30_000).await.unwrap(), None);
+    take_gc_lease(meta, "gc-2", 31_000, 10_000).await; // until 41_000
+    assert!(
+        !meta
+            .lease_renew(GC_LEASE, "gc-1", 31_000, 10_000)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        meta.gc_mark("gc-1", cutoff, 31_000, 10, None).await,
+        Err(MetaError::LeaseLost(_))
+    ));
     let taken = meta
-        .gc_mark("gc-2", cutoff, 25_000, 30_000, 10, None)
+        .gc_mark("gc-2", cutoff, 31_000, 10, None)
         .await
         .unwrap();
-    assert_eq!(
-        taken,
-        [(orphan.clone(), 7)],
-        "marks older than the stale cutoff are taken over"
-    );
+    assert_eq!(taken, [(orphan.clone(), 7)], "gc-1's mark is taken over");
     meta.gc_forget("gc-1", std::slice::from_ref(&orphan))
         .await
         .unwrap();
     assert!(
         matches!(
-            meta.record_blob(&orphan, 7, 30_000).await,
+            meta.record_blob(&orphan, 7, 32_000, None).await,
             Err(MetaError::Conflict)
         ),
         "gc-1 no longer owns it"
@@ -656,9 +678,14 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         .await
         .unwrap();
     // Forgotten: an upload may record the orphan afresh, and it is then safe.
-    meta.record_blob(&orphan, 7, 40_000).await.unwrap();
+    meta.record_blob(&orphan, 7, 40_000, None).await.unwrap();
+    assert!(
+        meta.lease_renew(GC_LEASE, "gc-2", 40_000, 10_000)
+            .await
+            .unwrap()
+    ); // until 50_000
     let m3 = meta
-        .gc_mark("gc-3", 35_000, 0, 41_000, 10, None)
+        .gc_mark("gc-2", 35_000, 41_000, 10, None)
         .await
         .unwrap();
     assert_eq!(
@@ -666,12 +693,27 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         [(fresh.clone(), 7)],
         "the re-recorded orphan is newer than the cutoff"
     );
-    meta.gc_forget("gc-3", std::slice::from_ref(&fresh))
+    // gc-2 dies holding that mark. An upload of the same blob clears a mark
+    // whose collector lost the lease (its commit puts the bytes back), and
+    // the dead collector's late forget cannot drop the record.
+    assert!(matches!(
+        meta.record_blob(&fresh, 7, 45_000, None).await,
+        Err(MetaError::Conflict)
+    ));
+    meta.record_blob(&fresh, 7, 50_000, None).await.unwrap();
+    let before = meta.gc_estimate(far).await.unwrap();
+    meta.gc_forget("gc-2", std::slice::from_ref(&fresh))
         .await
         .unwrap();
+    assert_eq!(
+        meta.gc_estimate(far).await.unwrap(),
+        before,
+        "the record stays"
+    );
+    take_gc_lease(meta, "gc-4", 50_001, i64::MAX / 4).await;
     // A blob a manifest uses is never marked, even without links.
     assert!(meta.unlink_blob(&repo, &used).await.unwrap());
-    let marked = meta.gc_mark("gc-4", far, 0, far, 10, None).await.unwrap();
+    let marked = meta.gc_mark("gc-4", far, 50_001, 10, None).await.unwrap();
     assert!(!marked.iter().any(|(d, _)| d == &used), "{marked:?}");
     meta.gc_forget(
         "gc-4",
@@ -680,31 +722,59 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
     .await
     .unwrap();
     // Re-recording refreshes: a blob touched after the cutoff is kept.
-    meta.record_blob(&fresh, 7, 50_000).await.unwrap();
+    meta.record_blob(&fresh, 7, 50_000, None).await.unwrap();
     assert!(
-        meta.gc_mark("gc-5", 45_000, 0, 51_000, 10, None)
+        meta.gc_mark("gc-4", 45_000, 51_000, 10, None)
             .await
             .unwrap()
             .is_empty()
     );
+    // A blob an upload is committing (pinned) is kept at any cutoff until
+    // the upload links it; linking ends the upload and its pin.
+    let pinned = Digest::sha256_of(b"gc-pinned");
+    let upload = Upload {
+        id: "00000000-0000-4000-8000-00000000a11c".into(),
+        repo: repo.clone(),
+        size: 3,
+        hash_state: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    meta.create_upload(&upload).await.unwrap();
+    meta.record_blob(&pinned, 3, 52_000, Some(&upload.id))
+        .await
+        .unwrap();
+    assert_eq!(meta.gc_estimate(far).await.unwrap().1, 1, "only `fresh`");
+    let marked = meta.gc_mark("gc-4", far, 53_000, 10, None).await.unwrap();
+    assert_eq!(marked, [(fresh.clone(), 7)], "the pinned blob is kept");
+    meta.gc_forget("gc-4", std::slice::from_ref(&fresh))
+        .await
+        .unwrap();
+    meta.link_blob(&repo, &pinned, Some(&upload.id))
+        .await
+        .unwrap();
+    assert_eq!(meta.get_upload(&upload.id).await.unwrap(), None);
+    assert_eq!(meta.blob_in_repo(&repo, &pinned).await.unwrap(), Some(3));
+    assert!(meta.unlink_blob(&repo, &pinned).await.unwrap());
+    let marked = meta.gc_mark("gc-4", far, 54_000, 10, None).await.unwrap();
+    assert_eq!(marked, [(pinned.clone(), 3)], "unpinned once linked");
+    meta.gc_forget("gc-4", std::slice::from_ref(&pinned))
+        .await
+        .unwrap();
     // Batches come in digest order, each after the cursor it is given
     // (other deletable blobs of the suite may be among them).
     let orphans: Vec<Digest> = (0..7)
         .map(|i| Digest::sha256_of(format!("gc-cursor-{i}").as_bytes()))
         .collect();
     for d in &orphans {
-        meta.record_blob(d, 1, 60_000).await.unwrap();
+        meta.record_blob(d, 1, 60_000, None).await.unwrap();
     }
     let digests = |v: Vec<(Digest, u64)>| v.into_iter().map(|(d, _)| d).collect::<Vec<_>>();
-    let first = digests(
-        meta.gc_mark("gc-6", 61_000, 0, 62_000, 3, None)
-            .await
-            .unwrap(),
-    );
+    let first = digests(meta.gc_mark("gc-4", 61_000, 62_000, 3, None).await.unwrap());
     assert_eq!(first.len(), 3);
     assert!(first.is_sorted(), "{first:?}");
     let second = digests(
-        meta.gc_mark("gc-6", 61_000, 0, 62_000, 1000, first.last())
+        meta.gc_mark("gc-4", 61_000, 62_000, 1000, first.last())
             .await
             .unwrap(),
     );
@@ -720,14 +790,68 @@ pub async fn garbage_collection(meta: &dyn MetaStore) {
         );
     }
     assert!(
-        meta.gc_mark("gc-6", 61_000, 0, 62_000, 1000, None)
+        meta.gc_mark("gc-4", 61_000, 62_000, 1000, None)
             .await
             .unwrap()
             .is_empty()
     );
-    meta.gc_forget("gc-6", &[first, second].concat())
+    meta.gc_forget("gc-4", &[first, second].concat())
         .await
         .unwrap();
+    meta.lease_release(GC_LEASE, "gc-4").await.unwrap();
+    assert_eq!(meta.lease_holder(GC_LEASE, 62_000).await.unwrap(), None);
+}
+
+/// Takes the GC lease for `owner`, which must get it.
+async fn take_gc_lease(meta: &dyn MetaStore, owner: &str, now: i64, ttl: i64) {
+    let held = meta.lease_acquire(GC_LEASE, owner, now, ttl).await.unwrap();
+    assert_eq!(held.owner, owner, "{held:?}");
+    assert_eq!(held.expires_at_ms, now + ttl);
+}
+
+/// Leases: exclusive until released or expired; renewing extends only the
+/// holder's; re-acquiring by the holder keeps its start time.
+pub async fn leases(meta: &dyn MetaStore) {
+    let l = "contract-lease";
+    assert_eq!(meta.lease_holder(l, 0).await.unwrap(), None);
+    let a = meta.lease_acquire(l, "a", 1_000, 500).await.unwrap();
+    assert_eq!(
+        (a.owner.as_str(), a.acquired_at_ms, a.expires_at_ms),
+        ("a", 1_000, 1_500)
+    );
+    assert_eq!(
+        meta.lease_acquire(l, "b", 1_200, 500).await.unwrap().owner,
+        "a"
+    );
+    assert!(!meta.lease_renew(l, "b", 1_300, 500).await.unwrap());
+    assert!(meta.lease_renew(l, "a", 1_400, 500).await.unwrap());
+    assert_eq!(
+        meta.lease_holder(l, 1_800)
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        1_900
+    );
+    let again = meta.lease_acquire(l, "a", 1_850, 500).await.unwrap();
+    assert_eq!((again.acquired_at_ms, again.expires_at_ms), (1_000, 2_350));
+    // Expired: anyone takes it, and the old holder cannot renew.
+    let b = meta.lease_acquire(l, "b", 2_350, 500).await.unwrap();
+    assert_eq!((b.owner.as_str(), b.acquired_at_ms), ("b", 2_350));
+    assert!(!meta.lease_renew(l, "a", 2_400, 500).await.unwrap());
+    // Releasing another's lease does nothing; releasing one's own frees it.
+    meta.lease_release(l, "a").await.unwrap();
+    assert_eq!(
+        meta.lease_holder(l, 2_400).await.unwrap().unwrap().owner,
+        "b"
+    );
+    meta.lease_release(l, "b").await.unwrap();
+    assert_eq!(meta.lease_holder(l, 2_400).await.unwrap(), None);
+    assert_eq!(
+        meta.lease_acquire(l, "c", 2_400, 500).await.unwrap().owner,
+        "c"
+    );
+    meta.lease_release(l, "c").await.unwrap();
 }
 
 pub async fn blobs(meta: &dyn MetaStore) {
@@ -735,16 +859,19 @@ pub async fn blobs(meta: &dyn MetaStore) {
     let d = Digest::sha256_of(b"blob");
     assert_eq!(meta.blob_known(&d).await.unwrap(), None);
     assert!(
-        matches!(meta.link_blob(&a, &d).await, Err(MetaError::MissingBlob(_))),
+        matches!(
+            meta.link_blob(&a, &d, None).await,
+            Err(MetaError::MissingBlob(_))
+        ),
         "linking needs a record"
     );
-    meta.record_blob(&d, 4, 1).await.unwrap();
-    meta.link_blob(&a, &d).await.unwrap();
-    meta.link_blob(&a, &d).await.unwrap(); // idempotent
+    meta.record_blob(&d, 4, 1, None).await.unwrap();
+    meta.link_blob(&a, &d, None).await.unwrap();
+    meta.link_blob(&a, &d, None).await.unwrap(); // idempotent
     assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), Some(4));
     assert_eq!(meta.blob_in_repo(&b, &d).await.unwrap(), None);
     assert_eq!(meta.blob_known(&d).await.unwrap(), Some(4));
-    meta.link_blob(&b, &d).await.unwrap();
+    meta.link_blob(&b, &d, None).await.unwrap();
     assert!(meta.unlink_blob(&a, &d).await.unwrap());
     assert!(!meta.unlink_blob(&a, &d).await.unwrap());
     assert_eq!(meta.blob_in_repo(&a, &d).await.unwrap(), None);
@@ -772,10 +899,12 @@ pub async fn manifests_need_their_references(meta: &dyn MetaStore) {
     );
     assert_eq!(meta.manifest_by_tag(&repo, &tag("v1")).await.unwrap(), None);
     // A blob visible only in another repository does not count.
-    meta.record_blob(&layer, 5, 1).await.unwrap();
-    meta.link_blob(&name("refs/other"), &layer).await.unwrap();
+    meta.record_blob(&layer, 5, 1, None).await.unwrap();
+    meta.link_blob(&name("refs/other"), &layer, None)
+        .await
+        .unwrap();
     assert!(meta.put_manifest(&repo, &m, &refs, None).await.is_err());
-    meta.link_blob(&repo, &layer).await.unwrap();
+    meta.link_blob(&repo, &layer, None).await.unwrap();
     meta.put_manifest(&repo, &m, &refs, Some(&tag("v1")))
         .await
         .unwrap();
@@ -900,10 +1029,10 @@ pub async fn listings_paginate(meta: &dyn MetaStore) {
             .unwrap();
     }
     // A repository with only blobs is not listed.
-    meta.record_blob(&Digest::sha256_of(b"bo"), 2, 1)
+    meta.record_blob(&Digest::sha256_of(b"bo"), 2, 1, None)
         .await
         .unwrap();
-    meta.link_blob(&name("list/blobonly"), &Digest::sha256_of(b"bo"))
+    meta.link_blob(&name("list/blobonly"), &Digest::sha256_of(b"bo"), None)
         .await
         .unwrap();
     let all = meta.list_repositories(Some("list/"), 100).await.unwrap();
@@ -1100,7 +1229,7 @@ pub async fn uploads(meta: &dyn MetaStore) {
 pub mod auth {
     use crate::{
         AuditEntry, AuditFilter, AuthStore, Credential, CredentialKind, MetaError, Permission,
-        Project, Role, User,
+        Project, Role, ThrottleKey, ThrottlePolicy, User,
     };
 
     fn user(name: &str) -> User {
@@ -1142,6 +1271,126 @@ pub mod auth {
         projects_and_members(s).await;
         credentials(s).await;
         audit(s).await;
+        throttles(s).await;
+    }
+
+    /// Failures count per key, block with a doubling delay after the free
+    /// attempts, are forgotten after the window, and are listed and cleared
+    /// by account and address.
+    pub async fn throttles(s: &dyn AuthStore) {
+        let policy = ThrottlePolicy {
+            attempts: 3,
+            window_ms: 10_000,
+            max_delay_ms: 5_000,
+        };
+        let key = |account: Option<&str>, addr: &str| ThrottleKey {
+            account: account.map(str::to_owned),
+            addr: addr.into(),
+        };
+        let (alice_a, alice_b, unknown_a) = (
+            key(Some("alice"), "10.0.0.1"),
+            key(Some("alice"), "10.0.0.2"),
+            key(None, "10.0.0.1"),
+        );
+        assert_eq!(s.throttle(&alice_a, &policy, 0).await.unwrap(), None);
+        let t1 = s.throttle_failure(&alice_a, &policy, 1_000).await.unwrap();
+        assert_eq!((t1.failures, t1.blocked_until_ms), (1, 0));
+        s.throttle_failure(&alice_a, &policy, 1_100).await.unwrap();
+        let t3 = s.throttle_failure(&alice_a, &policy, 1_200).await.unwrap();
+        assert_eq!(
+            (t3.failures, t3.blocked_until_ms),
+            (3, 2_200),
+            "1 s after the 3rd"
+        );
+        let t4 = s.throttle_failure(&alice_a, &policy, 2_300).await.unwrap();
+        assert_eq!(t4.blocked_until_ms, 4_300, "then 2 s");
+        for t in [4_400, 4_500, 4_600] {
+            s.throttle_failure(&alice_a, &policy, t).await.unwrap();
+        }
+        let capped = s.throttle(&alice_a, &policy, 4_700).await.unwrap().unwrap();
+        assert_eq!(capped.failures, 7);
+        assert_eq!(capped.first_failure_ms, 1_000);
+        assert_eq!(capped.blocked_until_ms, 4_600 + 5_000, "up to max_delay");
+        // Other keys are untouched.
+        assert_eq!(s.throttle(&alice_b, &policy, 4_700).await.unwrap(), None);
+        assert_eq!(s.throttle(&unknown_a, &policy, 4_700).await.unwrap(), None);
+        let u = s
+            .throttle_failure(&unknown_a, &policy, 4_800)
+            .await
+            .unwrap();
+        assert_eq!((u.key.account, u.failures), (None, 1));
+        s.throttle_failure(&alice_b, &policy, 4_900).await.unwrap();
+        // Listed newest first; all three are live.
+        let all = s.throttles(&policy, 5_000, 10).await.unwrap();
+        let keys: Vec<_> = all.iter().map(|t| t.key.clone()).collect();
+        assert_eq!(keys, [alice_b.clone(), unknown_a.clone(), alice_a.clone()]);
+        assert_eq!(s.throttles(&policy, 5_000, 1).await.unwrap().len(), 1);
+        // Forgotten a window after the last failure or block.
+        assert!(
+            s.throttle(&alice_a, &policy, 9_600 + 9_999)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.throttle(&alice_a, &policy, 9_600 + 10_000).await.unwrap(),
+            None
+        );
+        let again = s.throttle_failure(&alice_a, &policy, 20_000).await.unwrap();
+        assert_eq!(
+            (again.failures, again.first_failure_ms),
+            (1, 20_000),
+            "counted afresh"
+        );
+        let live = s.throttles(&policy, 20_000, 10).await.unwrap();
+        assert_eq!(live.len(), 1, "{live:?}");
+        // Clearing: by account and address, by account, by address, all.
+        s.throttle_failure(&alice_b, &policy, 20_100).await.unwrap();
+        s.throttle_failure(&unknown_a, &policy, 20_200)
+            .await
+            .unwrap();
+        s.throttle_failure(&key(Some("bob"), "10.0.0.1"), &policy, 20_300)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.clear_throttles(Some("alice"), Some("10.0.0.1"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.throttle(&alice_a, &policy, 20_400).await.unwrap(), None);
+        assert!(
+            s.throttle(&alice_b, &policy, 20_400)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.clear_throttles(Some(""), None).await.unwrap(),
+            1,
+            "unknown names"
+        );
+        assert_eq!(
+            s.clear_throttles(None, Some("10.0.0.1")).await.unwrap(),
+            1,
+            "bob"
+        );
+        assert_eq!(
+            s.clear_throttles(None, None).await.unwrap(),
+            1,
+            "alice from b"
+        );
+        assert!(s.throttles(&policy, 20_400, 10).await.unwrap().is_empty());
+        // Long-forgotten keys are pruned as new failures come.
+        s.throttle_failure(&alice_a, &policy, 30_000).await.unwrap();
+        s.throttle_failure(&alice_b, &policy, 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.clear_throttles(None, None).await.unwrap(),
+            1,
+            "alice_a was pruned"
+        );
     }
 
     pub async fn users(s: &dyn AuthStore) {

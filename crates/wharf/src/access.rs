@@ -22,6 +22,8 @@ pub async fn build(
     let mut settings = Settings {
         max_failed_logins: cfg.lockout.attempts,
         failed_login_window: cfg.lockout.window,
+        max_unknown_logins: cfg.lockout.unknownattempts,
+        max_login_delay: cfg.lockout.maxdelay,
         ..Settings::default()
     };
     let mut external_keys = Vec::new();

@@ -170,7 +170,48 @@ pub enum TokenCommand {
 pub enum RepoCommand {
     /// Delete a repository: its manifests, tags and upload sessions. Blobs
     /// nothing else uses are freed by the next garbage collection.
-    Rm { name: String },
+    ///
+    /// With --config or --data, works on the data directory directly (like
+    /// `wharf gc`, also beside a running server, with or without access
+    /// control); else asks the server at --server.
+    Rm {
+        name: String,
+        /// The server's config.yml: work on its data directory.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The data directory to work on (overrides the configuration's).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ThrottleCommand {
+    /// Accounts and addresses with failed logins, newest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Forget failed logins, so that a blocked client may log in again at
+    /// once: of an account, an address, or both; of everyone with neither.
+    ///
+    /// With --config or --data, works on the data directory directly (for an
+    /// administrator who is locked out themselves).
+    Clear {
+        /// The account (a user, robot$NAME or htpasswd name); "" for the
+        /// names that name no account.
+        #[arg(long)]
+        account: Option<String>,
+        /// The client address (an IPv6 address stands for its /64).
+        #[arg(long)]
+        address: Option<String>,
+        /// The server's config.yml: work on its data directory.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The data directory to work on.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -693,7 +734,7 @@ pub fn repo(r: Remote, cmd: RepoCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let api = Api::new(&r)?;
         match cmd {
-            RepoCommand::Rm { name } => {
+            RepoCommand::Rm { name, .. } => {
                 // Slashes separate the name's components in the path too.
                 let path: Vec<String> = name.split('/').map(seg).collect();
                 api.call(
@@ -703,6 +744,50 @@ pub fn repo(r: Remote, cmd: RepoCommand) -> anyhow::Result<()> {
                 )
                 .await?;
                 println!("deleted repository {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn throttle(r: Remote, cmd: ThrottleCommand) -> anyhow::Result<()> {
+    use wharf_auth::throttle::{ThrottleEntry, ThrottlesCleared};
+    runtime()?.block_on(async {
+        let api = Api::new(&r)?;
+        match cmd {
+            ThrottleCommand::List { limit } => {
+                let v = api
+                    .call(Method::GET, &format!("/throttles?limit={limit}"), None)
+                    .await?;
+                let list: Vec<ThrottleEntry> =
+                    serde_json::from_value(v).context("reading the server's answer")?;
+                api.print(
+                    &serde_json::to_value(&list)?,
+                    &[
+                        "account",
+                        "address",
+                        "failures",
+                        "last_failure",
+                        "blocked_until",
+                    ],
+                );
+            }
+            ThrottleCommand::Clear {
+                account, address, ..
+            } => {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                if let Some(a) = &account {
+                    q.append_pair("account", a);
+                }
+                if let Some(a) = &address {
+                    q.append_pair("address", a);
+                }
+                let v = api
+                    .call(Method::DELETE, &format!("/throttles?{}", q.finish()), None)
+                    .await?;
+                let r: ThrottlesCleared =
+                    serde_json::from_value(v).context("reading the server's answer")?;
+                println!("cleared {} throttle entries", r.cleared);
             }
         }
         Ok(())

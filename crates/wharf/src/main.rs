@@ -83,6 +83,14 @@ enum Command {
     /// it (the two coordinate through the database): clients keep pushing and
     /// pulling meanwhile.
     Gc(GcArgs),
+    /// See and clear failed-login throttles on a running server (or, with
+    /// --data, on the data directory).
+    Throttle {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        cmd: admin_cli::ThrottleCommand,
+    },
     /// Query the audit log of a running server.
     Audit {
         #[command(flatten)]
@@ -158,7 +166,24 @@ fn main() -> std::process::ExitCode {
         Command::Gc(args) => gc(args),
         Command::User { remote, cmd } => admin_cli::user(remote, cmd),
         Command::Project { remote, cmd } => admin_cli::project(remote, cmd),
+        Command::Repo {
+            cmd: admin_cli::RepoCommand::Rm { name, config, data },
+            ..
+        } if config.is_some() || data.is_some() => repo_rm_local(&name, config, data),
         Command::Repo { remote, cmd } => admin_cli::repo(remote, cmd),
+        Command::Throttle {
+            cmd:
+                admin_cli::ThrottleCommand::Clear {
+                    account,
+                    address,
+                    config,
+                    data,
+                },
+            ..
+        } if config.is_some() || data.is_some() => {
+            throttle_clear_local(account.as_deref(), address.as_deref(), config, data)
+        }
+        Command::Throttle { remote, cmd } => admin_cli::throttle(remote, cmd),
         Command::Robot { remote, cmd } => admin_cli::robot(remote, cmd),
         Command::Token { remote, cmd } => admin_cli::token(remote, cmd),
         Command::Audit { remote, args } => admin_cli::audit(remote, args),
@@ -196,57 +221,142 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on `wharf/gc.lock` in the data directory, held while a
-/// collection runs: the collections of `wharf serve` and `wharf gc` exclude
-/// each other, and the holder knows that marks it finds were left by a
-/// collection that crashed (the lock dies with its process).
-struct GcLock(#[allow(dead_code)] std::fs::File);
-
-fn try_gc_lock(root: &Path) -> anyhow::Result<Option<GcLock>> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = root.join("wharf/gc.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock only reads its integer arguments; the fd is valid while `f` lives.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(Some(GcLock(f)));
+/// `wharf repo rm NAME --data DIR`: deletes a repository on the data
+/// directory, beside a running server or without one. With access control
+/// on, the audit log records it.
+fn repo_rm_local(name: &str, config: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let repo: wharf_oci::RepoName = name
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name:?} is not a valid repository name"))?;
+    let path = config_path(config);
+    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
+    if let Some(d) = data {
+        cfg.storage.filesystem.rootdirectory = d;
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(None)
-    } else {
-        Err(e).with_context(|| format!("locking {}", path.display()))
+    if !cfg.storage.root().join("wharf/meta.db").exists() {
+        anyhow::bail!(
+            "{} holds no Wharf database: is this the data directory?",
+            cfg.storage.root().display()
+        );
+    }
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let (registry, meta) = open_registry(&cfg).await?;
+        let result = registry.delete_repository(&repo).await;
+        if cfg.auth.enabled() {
+            let log = wharf_auth::AuditLog::spawn(meta, cfg.auth.audit.retention);
+            let who = format!("local:{}", local_user());
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            log.record_now(who, None, "repository.delete", name, outcome)
+                .await;
+            log.flush().await;
+        }
+        match result {
+            Ok(()) => {
+                println!("deleted repository {name}");
+                Ok(())
+            }
+            Err(wharf_core::CoreError::NameUnknown) => {
+                anyhow::bail!("repository {name} does not exist")
+            }
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
+    })
+}
+
+/// `wharf throttle clear --data DIR`: forgets failed logins in the data
+/// directory's database, for an administrator who is locked out.
+fn throttle_clear_local(
+    account: Option<&str>,
+    address: Option<&str>,
+    config: Option<PathBuf>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let address = match address {
+        None => None,
+        Some(a) => Some(wharf_auth::throttle::parse_throttle_addr(a).ok_or_else(|| {
+            anyhow::anyhow!("{a:?} is not an IP address (or an IPv6 /64 as listed)")
+        })?),
+    };
+    let path = config_path(config);
+    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
+    if let Some(d) = data {
+        cfg.storage.filesystem.rootdirectory = d;
+    }
+    let db = cfg.storage.root().join("wharf/meta.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "{} holds no Wharf database: is this the data directory?",
+            cfg.storage.root().display()
+        );
+    }
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let meta = Arc::new(
+            wharf_meta::sqlite::SqliteMeta::open(&db)
+                .await
+                .context("opening the metadata database")?,
+        );
+        use wharf_meta::AuthStore;
+        let n = meta.clear_throttles(account, address.as_deref()).await?;
+        let log = wharf_auth::AuditLog::spawn(meta, cfg.auth.audit.retention);
+        log.record_now(
+            format!("local:{}", local_user()),
+            None,
+            "throttle.clear",
+            format!(
+                "account={} address={}",
+                account.unwrap_or("*"),
+                address.as_deref().unwrap_or("*")
+            ),
+            "ok",
+        )
+        .await;
+        log.flush().await;
+        println!("cleared {n} throttle entries");
+        Ok(())
+    })
+}
+
+/// The name of the user running this command, for the audit log.
+fn local_user() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns NULL or a valid entry.
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+        format!("uid {uid}")
     }
 }
 
 /// Who the audit log names for collections nobody asked for by hand.
 const GC_ACTOR: &str = "system:gc";
 
-/// Runs one collection unless another is running on this data directory.
-/// With an audit log, what it deleted goes there: each untagged manifest and
-/// a summary.
+/// Runs one collection unless another is running on the metadata store
+/// (`Ok(None)`, with the reason). With an audit log, what it deleted goes
+/// there: each untagged manifest and a summary.
 async fn collect(
     registry: &wharf_core::Registry,
-    root: &Path,
     grace: std::time::Duration,
     untagged_age: Option<std::time::Duration>,
     dry_run: bool,
     audit: Option<&wharf_auth::AuditLog>,
-) -> anyhow::Result<Option<wharf_core::GcReport>> {
-    let Some(_lock) = try_gc_lock(root)? else {
-        return Ok(None);
-    };
+) -> anyhow::Result<Result<wharf_core::GcReport, String>> {
     let opts = wharf_core::GcOptions {
         grace,
         dry_run,
-        sole_collector: true,
         untagged_age,
     };
     let r = match audit {
@@ -256,7 +366,10 @@ async fn collect(
                 actor: GC_ACTOR.into(),
                 addr: None,
             };
-            let r = registry.gc(opts, &events).await?;
+            let r = match registry.gc(opts, &events).await {
+                Err(wharf_core::CoreError::Busy(why)) => return Ok(Err(why)),
+                r => r?,
+            };
             if !dry_run {
                 log.record_now(
                     GC_ACTOR,
@@ -269,9 +382,12 @@ async fn collect(
             }
             r
         }
-        None => registry.gc(opts, &()).await?,
+        None => match registry.gc(opts, &()).await {
+            Err(wharf_core::CoreError::Busy(why)) => return Ok(Err(why)),
+            r => r?,
+        },
     };
-    Ok(Some(r))
+    Ok(Ok(r))
 }
 
 fn gc(args: GcArgs) -> anyhow::Result<()> {
@@ -322,7 +438,6 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
             .then(|| wharf_auth::AuditLog::spawn(meta, cfg.auth.audit.retention));
         let collected = collect(
             &registry,
-            cfg.storage.root(),
             grace,
             untagged_age,
             args.dry_run,
@@ -332,8 +447,9 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         if let Some(log) = &audit {
             log.flush().await;
         }
-        let Some(r) = collected? else {
-            anyhow::bail!("another garbage collection is running on this data directory");
+        let r = match collected? {
+            Ok(r) => r,
+            Err(why) => anyhow::bail!("{why}"),
         };
         let verb = if r.dry_run { "would free" } else { "freed" };
         println!(
@@ -345,6 +461,18 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
             r.manifests,
             r.seconds
         );
+        if r.kept_blobs > 0 || r.kept_links > 0 {
+            println!(
+                "kept for the grace period ({}): {} unreferenced blobs, {} bytes ({:.1} MiB), {} unused links",
+                config::duration::format(grace),
+                r.kept_blobs,
+                r.kept_bytes,
+                r.kept_bytes as f64 / (1 << 20) as f64,
+                r.kept_links
+            );
+        } else if r.blobs == 0 {
+            println!("nothing unreferenced is left: every stored blob is used by a manifest");
+        }
         Ok(())
     })
 }
@@ -421,6 +549,67 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(run(cfg, started))
 }
 
+/// A data directory this start is the first to use: if the start fails
+/// before the server is up, what it created there goes again, so that a
+/// failed start leaves no half-made directory behind (a directory that did
+/// not exist is removed; one that was empty, such as a fresh volume, is
+/// emptied).
+struct FreshDataDir {
+    root: PathBuf,
+    existed: bool,
+    armed: bool,
+}
+
+impl FreshDataDir {
+    fn new(root: &Path) -> FreshDataDir {
+        let existed = root.exists();
+        let empty =
+            !existed || std::fs::read_dir(root).is_ok_and(|mut entries| entries.next().is_none());
+        FreshDataDir {
+            root: root.to_owned(),
+            existed,
+            armed: empty,
+        }
+    }
+
+    /// The server is up: whatever happens now, the directory stays.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FreshDataDir {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let result = if self.existed {
+            std::fs::read_dir(&self.root).and_then(|entries| {
+                for e in entries {
+                    let p = e?.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p)?;
+                    } else {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+                Ok(())
+            })
+        } else {
+            std::fs::remove_dir_all(&self.root)
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(data = %self.root.display(), "start failed: removed what it had created in the data directory")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(data = %self.root.display(), error = %e, "start failed, and cleaning up the new data directory failed")
+            }
+        }
+    }
+}
+
 fn prepare_data_dir(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("wharf"))
         .with_context(|| format!("creating data directory {}", root.display()))?;
@@ -461,6 +650,17 @@ async fn open_registry(
 
 async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     let root = cfg.storage.root().to_owned();
+    // What can fail for reasons outside the data directory (the port is
+    // taken, the key does not load) fails before anything is created there.
+    let tls = cfg
+        .http
+        .tls
+        .files()
+        .map(|t| tls::acceptor(&t, !cfg.http.http2.disabled))
+        .transpose()?;
+    let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
+    let local = listener.local_addr()?;
+    let fresh = FreshDataDir::new(&root);
     let (registry, meta) = open_registry(&cfg).await?;
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     if auth.is_some()
@@ -514,15 +714,6 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         ));
     }
 
-    let tls = cfg
-        .http
-        .tls
-        .files()
-        .map(|t| tls::acceptor(&t, !cfg.http.http2.disabled))
-        .transpose()?;
-    let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
-    let local = listener.local_addr()?;
-
     if cfg.storage.maintenance.uploadpurging.enabled {
         let p = cfg.storage.maintenance.uploadpurging.clone();
         let reg = registry.clone();
@@ -547,16 +738,17 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         let g = cfg.storage.maintenance.gc.clone();
         let untagged_age = cfg.storage.untagged_age();
         let reg = registry.clone();
-        let gc_root = root.clone();
         let audit = state.auth.as_ref().map(|a| a.audit_log().clone());
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + g.interval, g.interval);
             loop {
                 tick.tick().await;
-                match collect(&reg, &gc_root, g.grace, untagged_age, false, audit.as_ref()).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => tracing::info!("another garbage collection is running; skipped"),
+                match collect(&reg, g.grace, untagged_age, false, audit.as_ref()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(why)) => {
+                        tracing::info!(reason = %why, "scheduled garbage collection skipped")
+                    }
                     Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
                 }
             }
@@ -590,6 +782,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         });
     }
 
+    fresh.keep();
     tracing::info!(
         addr = %local,
         tls = tls.is_some(),
@@ -686,5 +879,43 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreshDataDir;
+
+    #[test]
+    fn a_failed_first_start_leaves_no_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        // Did not exist: removed.
+        let root = dir.path().join("new");
+        let guard = FreshDataDir::new(&root);
+        std::fs::create_dir_all(root.join("wharf")).unwrap();
+        std::fs::write(root.join("wharf/meta.db"), b"x").unwrap();
+        drop(guard);
+        assert!(!root.exists());
+        // Existed empty (a fresh volume): emptied, kept.
+        let volume = dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        let guard = FreshDataDir::new(&volume);
+        std::fs::create_dir_all(volume.join("wharf")).unwrap();
+        std::fs::write(volume.join("file"), b"x").unwrap();
+        drop(guard);
+        assert!(volume.exists());
+        assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 0);
+        // Held data already: untouched.
+        std::fs::write(volume.join("precious"), b"x").unwrap();
+        let guard = FreshDataDir::new(&volume);
+        std::fs::write(volume.join("wharf-made"), b"x").unwrap();
+        drop(guard);
+        assert!(volume.join("precious").exists() && volume.join("wharf-made").exists());
+        // Once the server is up, nothing is removed whatever happens later.
+        let root = dir.path().join("served");
+        let guard = FreshDataDir::new(&root);
+        std::fs::create_dir_all(root.join("wharf")).unwrap();
+        guard.keep();
+        assert!(root.join("wharf").exists());
     }
 }

@@ -203,6 +203,24 @@ fn refuses_configs_it_cannot_honour() {
     );
 }
 
+/// A start that fails (here: the port is taken) leaves no data directory.
+#[test]
+fn a_failed_start_creates_no_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["serve", "--addr", &addr, "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&addr), "{stderr}");
+    assert!(!data.exists(), "a half-made data directory was left");
+}
+
 /// Built-in auth on first start: an administrator with a generated password,
 /// printed once; a private signing key; a warning when passwords would cross
 /// the network unencrypted.
@@ -539,4 +557,89 @@ fn background_threads_run_in_the_configured_idle_cgroup() {
     );
     assert_eq!(moved.lines().count(), wharf_background::THREADS, "{moved}");
     std::fs::remove_dir(&cg).unwrap();
+}
+
+/// `wharf repo rm --data` beside a running server without access control:
+/// the repository is gone for the server at once (its tag cache follows
+/// other processes' writes), other repositories stay, and a name that does
+/// not exist is an error.
+#[tokio::test]
+async fn repo_rm_on_the_data_directory_beside_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[], &[]);
+    let client = common::client();
+    let push = |repo: &'static str| {
+        let (client, base) = (client.clone(), server.url(""));
+        async move {
+            let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+            let d = common::sha256(&config);
+            let r = client
+                .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+                .body(config.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let m = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":{}}},"layers":[]}}"#,
+                config.len()
+            );
+            let r = client
+                .put(format!("{base}/v2/{repo}/manifests/v1"))
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(m)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    };
+    push("team/gone").await;
+    push("team/kept").await;
+    let tags = |repo: &str| {
+        client
+            .get(server.url(&format!("/v2/{repo}/tags/list")))
+            .send()
+    };
+    // Listed once, so the server caches the list.
+    assert_eq!(tags("team/gone").await.unwrap().status(), 200);
+    let rm = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["repo", "rm", name, "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = rm("team/gone");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "deleted repository team/gone"
+    );
+    assert_eq!(tags("team/gone").await.unwrap().status(), 404);
+    let r = client
+        .get(server.url("/v2/team/gone/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(tags("team/kept").await.unwrap().status(), 200);
+    let out = rm("team/never");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["repo", "rm", "team/kept", "--data"])
+        .arg(dir.path().join("elsewhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "not a data directory");
+    assert!(
+        !dir.path().join("elsewhere").exists(),
+        "and nothing created there"
+    );
 }

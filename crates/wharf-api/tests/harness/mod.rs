@@ -147,6 +147,9 @@ impl TestRegistryBuilder {
                 let mode = match setup {
                     AuthSetup::Builtin { lockout_attempts } => {
                         settings.max_failed_logins = lockout_attempts;
+                        // Unknown names get twice the allowance (as the
+                        // defaults, 10 and 30, roughly do).
+                        settings.max_unknown_logins = lockout_attempts.saturating_mul(2);
                         wharf_auth::Mode::Builtin {
                             signer: Box::new(
                                 wharf_auth::token::Signer::load_or_create(

@@ -6,8 +6,28 @@ use super::{SqliteMeta, backend};
 use crate::MetaError;
 use crate::auth::{
     AuditEntry, AuditFilter, AuthStore, Credential, CredentialKind, Member, Permission, Project,
-    Role, User,
+    Role, Throttle, ThrottleKey, ThrottlePolicy, User,
 };
+
+const THROTTLE_COLS: &str = "addr, account, failures, first_at, last_at, blocked_until";
+
+fn throttle_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Throttle> {
+    let account: String = r.get(1)?;
+    Ok(Throttle {
+        key: ThrottleKey {
+            addr: r.get(0)?,
+            account: (!account.is_empty()).then_some(account),
+        },
+        failures: r.get(2)?,
+        first_failure_ms: r.get(3)?,
+        last_failure_ms: r.get(4)?,
+        blocked_until_ms: r.get(5)?,
+    })
+}
+
+/// Keys forgotten per recorded failure: enough to keep up with any rate of
+/// new keys, few enough to cost nothing.
+const THROTTLE_PRUNE: i64 = 16;
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(
@@ -471,5 +491,126 @@ impl AuthStore for SqliteMeta {
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, MetaError> {
         self.write(move |c| Ok(c.execute("DELETE FROM audit WHERE at < ?1", [before_ms])? as u64))
             .await
+    }
+
+    async fn throttle(
+        &self,
+        key: &ThrottleKey,
+        policy: &ThrottlePolicy,
+        now: i64,
+    ) -> Result<Option<Throttle>, MetaError> {
+        let (addr, account) = (key.addr.clone(), key.account.clone().unwrap_or_default());
+        let policy = *policy;
+        self.read(move |c| {
+            let t = c
+                .prepare_cached(&format!(
+                    "SELECT {THROTTLE_COLS} FROM login_throttles WHERE addr = ?1 AND account = ?2"
+                ))?
+                .query_row(params![addr, account], throttle_row)
+                .optional()?;
+            Ok(t.filter(|t| !policy.expired(t.last_failure_ms, t.blocked_until_ms, now)))
+        })
+        .await
+    }
+
+    async fn throttle_failure(
+        &self,
+        key: &ThrottleKey,
+        policy: &ThrottlePolicy,
+        now: i64,
+    ) -> Result<Throttle, MetaError> {
+        let key = key.clone();
+        let policy = *policy;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let account = key.account.clone().unwrap_or_default();
+            let old = tx
+                .prepare_cached(&format!(
+                    "SELECT {THROTTLE_COLS} FROM login_throttles WHERE addr = ?1 AND account = ?2"
+                ))?
+                .query_row(params![key.addr, account], throttle_row)
+                .optional()?
+                .filter(|t| !policy.expired(t.last_failure_ms, t.blocked_until_ms, now));
+            let (failures, first) = match &old {
+                Some(t) => (t.failures.saturating_add(1), t.first_failure_ms),
+                None => (1, now),
+            };
+            let delay = policy.delay_ms(failures);
+            let blocked_until = if delay > 0 {
+                now.saturating_add(delay)
+            } else {
+                0
+            };
+            tx.prepare_cached(
+                "INSERT INTO login_throttles (addr, account, failures, first_at, last_at, blocked_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT(addr, account) DO UPDATE SET failures = excluded.failures, \
+                   first_at = excluded.first_at, last_at = excluded.last_at, \
+                   blocked_until = excluded.blocked_until",
+            )?
+            .execute(params![key.addr, account, failures, first, now, blocked_until])?;
+            // Forget a few keys nobody failed on lately (by the index on
+            // last_at; a block never outlasts max_delay after the last failure).
+            let forget_before = now
+                .saturating_sub(policy.window_ms)
+                .saturating_sub(policy.max_delay_ms);
+            tx.prepare_cached(
+                "DELETE FROM login_throttles WHERE (addr, account) IN \
+                 (SELECT addr, account FROM login_throttles WHERE last_at < ?1 LIMIT ?2)",
+            )?
+            .execute(params![forget_before, THROTTLE_PRUNE])?;
+            tx.commit()?;
+            Ok(Throttle {
+                key,
+                failures,
+                first_failure_ms: first,
+                last_failure_ms: now,
+                blocked_until_ms: blocked_until,
+            })
+        })
+        .await
+    }
+
+    async fn clear_throttles(
+        &self,
+        account: Option<&str>,
+        addr: Option<&str>,
+    ) -> Result<u64, MetaError> {
+        let (account, addr) = (account.map(str::to_owned), addr.map(str::to_owned));
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM login_throttles WHERE (?1 IS NULL OR account = ?1) AND (?2 IS NULL OR addr = ?2)",
+            )?
+            .execute(params![account, addr])? as u64)
+        })
+        .await
+    }
+
+    async fn throttles(
+        &self,
+        policy: &ThrottlePolicy,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Throttle>, MetaError> {
+        let policy = *policy;
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {THROTTLE_COLS} FROM login_throttles \
+                 WHERE max(last_at, blocked_until) + ?1 > ?2 \
+                 ORDER BY last_at DESC LIMIT ?3"
+            ))?;
+            let rows = st
+                .query_map(
+                    params![
+                        policy.window_ms,
+                        now,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    throttle_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 }

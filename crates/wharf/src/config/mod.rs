@@ -653,10 +653,12 @@ impl Default for Admin {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Lockout {
-    /// Failed logins of one account from one client address within `window`
-    /// before that pair gets `429` (default 10).
+    /// Failed logins of one account from one client address before each
+    /// further failure blocks that pair (only) for a doubling delay: 1 s,
+    /// 2 s, 4 s, … (default 10).
     pub attempts: u32,
-    /// Default `5m`.
+    /// Failures are forgotten this long after the last one or its block
+    /// (default `5m`).
     #[serde(with = "duration")]
     pub window: Duration,
     /// Failed logins under user names that do not exist, per client
@@ -1277,6 +1279,9 @@ fn validate(c: &Config, report: &mut Report) {
     }
     if a.lockout.window.is_zero() {
         report.error("auth.lockout.window", "must be more than 0");
+    }
+    if a.lockout.maxdelay < Duration::from_secs(1) {
+        report.error("auth.lockout.maxdelay", "must be at least 1s");
     }
 }
 
