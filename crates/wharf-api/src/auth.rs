@@ -75,11 +75,13 @@ fn required(ep: &Endpoint, m: &Method) -> Option<(Resource, Actions)> {
         Endpoint::Base => return None,
         Endpoint::Catalog => (Resource::Catalog, Actions::ALL),
         Endpoint::Tags(n) | Endpoint::Referrers(n, _) => (repo(n), Actions::PULL),
-        Endpoint::Manifest(n, _) | Endpoint::Blob(n, _) => match *m {
-            Method::DELETE => (repo(n), Actions::DELETE),
-            Method::PUT => (repo(n), push),
-            _ => (repo(n), Actions::PULL),
-        },
+        Endpoint::Manifest(n, _) | Endpoint::ManifestBadRef(n, _) | Endpoint::Blob(n, _) => {
+            match *m {
+                Method::DELETE => (repo(n), Actions::DELETE),
+                Method::PUT => (repo(n), push),
+                _ => (repo(n), Actions::PULL),
+            }
+        }
         Endpoint::UploadStart(n) | Endpoint::Upload(n, _) => (repo(n), push),
     })
 }

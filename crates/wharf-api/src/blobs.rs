@@ -228,12 +228,17 @@ pub(crate) async fn patch(mut ctx: Ctx, name: RepoName, id: String) -> ApiResult
 }
 
 pub(crate) async fn put(mut ctx: Ctx, name: RepoName, id: String) -> ApiResult {
-    let digest = digest_param(&ctx, "digest")?.ok_or_else(|| {
-        ApiError::msg(
-            ErrorCode::DigestInvalid,
-            "the digest query parameter is required",
-        )
-    })?;
+    let digest = match digest_param(&ctx, "digest")? {
+        Some(d) => d,
+        None => {
+            // An unknown session is the first thing wrong with the request.
+            ctx.st.registry.upload_status(&name, &id).await?;
+            return Err(ApiError::msg(
+                ErrorCode::DigestInvalid,
+                "the digest query parameter is required",
+            ));
+        }
+    };
     let range = parse_content_range(ctx.header(header::CONTENT_RANGE))?;
     let _slot = has_body(&ctx)
         .then(|| ctx.st.uploads.acquire(ctx.addr))

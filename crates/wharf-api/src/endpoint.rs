@@ -18,6 +18,10 @@ pub enum Endpoint {
     Tags(RepoName),
     /// `/v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
+    /// `/v2/<name>/manifests/<reference>` whose reference is neither a valid
+    /// tag nor a valid digest: it names nothing stored (404 on reads and
+    /// deletes), and cannot be pushed to (400).
+    ManifestBadRef(RepoName, BadRef),
     /// `/v2/<name>/blobs/<digest>`
     Blob(RepoName, Digest),
     /// `/v2/<name>/blobs/uploads/`
@@ -28,6 +32,24 @@ pub enum Endpoint {
     Referrers(RepoName, Digest),
 }
 
+/// Why a manifest reference is invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRef {
+    Tag,
+    /// Looks like a digest (has a `:`) but is not a valid one.
+    Digest(String),
+}
+
+impl BadRef {
+    /// The answer to a push to this reference.
+    pub fn put_error(&self) -> ApiError {
+        match self {
+            BadRef::Tag => ApiError::msg(ErrorCode::ManifestInvalid, "invalid tag"),
+            BadRef::Digest(e) => ApiError::msg(ErrorCode::DigestInvalid, e.clone()),
+        }
+    }
+}
+
 impl Endpoint {
     /// A short, fixed label for metrics and logs.
     pub fn label(&self) -> &'static str {
@@ -35,7 +57,7 @@ impl Endpoint {
             Endpoint::Base => "base",
             Endpoint::Catalog => "catalog",
             Endpoint::Tags(_) => "tags",
-            Endpoint::Manifest(..) => "manifest",
+            Endpoint::Manifest(..) | Endpoint::ManifestBadRef(..) => "manifest",
             Endpoint::Blob(..) => "blob",
             Endpoint::UploadStart(_) => "upload_start",
             Endpoint::Upload(..) => "upload",
@@ -43,23 +65,35 @@ impl Endpoint {
         }
     }
 
-    /// Parses the part of the path after `/v2/` (already percent-decoded).
+    /// Parses the part of the path after `/v2/`, as sent (percent-encoded):
+    /// each segment is decoded on its own, so an encoded `/` cannot make a
+    /// segment look like two (it makes the name, digest or session id
+    /// invalid instead).
     pub fn parse(rest: &str) -> Result<Endpoint, ApiError> {
-        if rest.is_empty() {
+        let not_found = || ApiError::new(ErrorCode::NoSuchEndpoint);
+        let decoded: Vec<std::borrow::Cow<'_, str>> = rest
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8())
+            .collect::<Result<_, _>>()
+            .map_err(|_| not_found())?;
+        let segs: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
+        if segs == [""] {
             return Ok(Endpoint::Base);
         }
-        if rest == "_catalog" {
+        if segs == ["_catalog"] {
             return Ok(Endpoint::Catalog);
         }
-        let segs: Vec<&str> = rest.split('/').collect();
         let n = segs.len();
         let name = |k: usize| -> Result<RepoName, ApiError> {
+            // A component holding an encoded `/` is no component.
+            if segs[..n - k].iter().any(|s| s.contains('/')) {
+                return Err(ApiError::new(ErrorCode::NameInvalid));
+            }
             segs[..n - k]
                 .join("/")
                 .parse()
                 .map_err(|_| ApiError::new(ErrorCode::NameInvalid))
         };
-        let not_found = || ApiError::new(ErrorCode::NotFound);
         if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
             return Ok(Endpoint::Tags(name(2)?));
         }
@@ -83,15 +117,15 @@ impl Endpoint {
         }
         if n >= 3 && segs[n - 2] == "manifests" {
             let repo = name(2)?;
-            let r = segs[n - 1].parse::<Reference>().map_err(|e| match e {
-                wharf_oci::ReferenceError::Digest(e) => {
-                    ApiError::msg(ErrorCode::DigestInvalid, e.to_string())
+            return Ok(match segs[n - 1].parse::<Reference>() {
+                Ok(r) => Endpoint::Manifest(repo, r),
+                Err(wharf_oci::ReferenceError::Digest(e)) => {
+                    Endpoint::ManifestBadRef(repo, BadRef::Digest(e.to_string()))
                 }
-                wharf_oci::ReferenceError::Tag(_) => {
-                    ApiError::msg(ErrorCode::ManifestInvalid, "invalid tag")
+                Err(wharf_oci::ReferenceError::Tag(_)) => {
+                    Endpoint::ManifestBadRef(repo, BadRef::Tag)
                 }
-            })?;
-            return Ok(Endpoint::Manifest(repo, r));
+            });
         }
         if n >= 3 && (segs[n - 2] == "blobs" || segs[n - 2] == "referrers") {
             let repo = name(2)?;
@@ -165,10 +199,22 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(code("a"), ErrorCode::NotFound);
-        assert_eq!(code("a/b"), ErrorCode::NotFound);
-        assert_eq!(code("tags/list"), ErrorCode::NotFound);
-        assert_eq!(code("a/unknown/x"), ErrorCode::NotFound);
+        assert_eq!(code("a"), ErrorCode::NoSuchEndpoint);
+        assert_eq!(code("a/b"), ErrorCode::NoSuchEndpoint);
+        assert_eq!(code("tags/list"), ErrorCode::NoSuchEndpoint);
+        assert_eq!(code("a/unknown/x"), ErrorCode::NoSuchEndpoint);
+        assert_eq!(code("a/%ff/tags/list"), ErrorCode::NoSuchEndpoint);
+        // An encoded slash stays inside its segment.
+        assert_eq!(
+            code("a/blobs/uploads/..%2F..%2Fetc"),
+            ErrorCode::BlobUploadUnknown
+        );
+        assert_eq!(code("a%2Fb/tags/list"), ErrorCode::NameInvalid);
+        assert!(matches!(
+            ok("a/manifests/x%2Fy"),
+            Endpoint::ManifestBadRef(_, BadRef::Tag)
+        ));
+        assert!(matches!(ok("a/b%2Dc/tags/list"), Endpoint::Tags(n) if n.as_str() == "a/b-c"));
         assert_eq!(code("A/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("a//b/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("../etc/blobs/uploads/"), ErrorCode::NameInvalid);
@@ -177,8 +223,24 @@ mod tests {
             code("a/blobs/uploads/not-a-uuid"),
             ErrorCode::BlobUploadUnknown
         );
-        assert_eq!(code("a/manifests/-bad"), ErrorCode::ManifestInvalid);
-        assert_eq!(code("a/manifests/sha256:zz"), ErrorCode::DigestInvalid);
+    }
+
+    #[test]
+    fn invalid_manifest_references_are_an_endpoint() {
+        // The answer depends on the method: see `BadRef`.
+        assert!(
+            matches!(ok("a/manifests/-bad"), Endpoint::ManifestBadRef(n, BadRef::Tag) if n.as_str() == "a")
+        );
+        let long = "t".repeat(129);
+        assert!(matches!(
+            ok(&format!("a/manifests/{long}")),
+            Endpoint::ManifestBadRef(_, BadRef::Tag)
+        ));
+        assert!(matches!(
+            ok("a/b/manifests/sha256:zz"),
+            Endpoint::ManifestBadRef(_, BadRef::Digest(_))
+        ));
+        assert_eq!(code("A/manifests/-bad"), ErrorCode::NameInvalid);
     }
 
     proptest! {

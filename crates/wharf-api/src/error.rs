@@ -26,8 +26,11 @@ pub enum ErrorCode {
     TooManyRequests,
     /// A listing's `n` that is not a number (distribution's code).
     PaginationNumberInvalid,
-    /// A route that does not exist.
+    /// A route that does not exist (outside `/v2`, and the admin API's
+    /// missing records).
     NotFound,
+    /// A `/v2` path that names no endpoint: the spec has no code for it.
+    NoSuchEndpoint,
     /// An unsupported method on an existing route.
     MethodNotAllowed,
     /// A chunk out of order, or a blob range outside the blob.
@@ -124,15 +127,20 @@ impl ErrorCode {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests",
             ),
+            // distribution says PAGINATION_NUMBER_INVALID, which the OCI spec
+            // does not list: UNSUPPORTED is its "invalid set of parameters".
             PaginationNumberInvalid => (
-                "PAGINATION_NUMBER_INVALID",
+                "UNSUPPORTED",
                 StatusCode::BAD_REQUEST,
                 "invalid number of results requested",
             ),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND, "no such endpoint"),
+            NoSuchEndpoint => ("UNSUPPORTED", StatusCode::NOT_FOUND, "no such endpoint"),
+            // DELETE may answer 202, 400, 404 or 405 (and the auth codes):
+            // 400 with UNSUPPORTED is how the spec says "not this one".
             ManifestReferenced => (
-                "DENIED",
-                StatusCode::CONFLICT,
+                "UNSUPPORTED",
+                StatusCode::BAD_REQUEST,
                 "the manifest is listed by an index; delete the index first",
             ),
             InvalidRequest => (

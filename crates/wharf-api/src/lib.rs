@@ -197,6 +197,14 @@ impl Query {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of a key given several times (`?tag=a&tag=b`).
+    pub(crate) fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What handlers need from a request besides its endpoint.
@@ -261,12 +269,7 @@ async fn v2(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let raw = parts.uri.path().strip_prefix("/v2").unwrap_or("");
     let raw = raw.strip_prefix('/').unwrap_or(raw);
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8();
-    let ep = match decoded {
-        Ok(p) => Endpoint::parse(&p),
-        Err(_) => Err(ApiError::new(ErrorCode::NotFound)),
-    };
-    let ep = match ep {
+    let ep = match Endpoint::parse(raw) {
         Ok(ep) => ep,
         Err(e) => return e.into_response(),
     };
@@ -351,6 +354,11 @@ async fn dispatch(ep: Endpoint, ctx: Ctx) -> ApiResult {
         }
         E::Manifest(name, r) if m == Method::PUT => manifests::put(ctx, name, r).await,
         E::Manifest(name, r) if m == Method::DELETE => manifests::delete(ctx, name, r).await,
+        // A reference that is no tag nor digest names nothing stored.
+        E::ManifestBadRef(..) if m == Method::GET || m == Method::HEAD || m == Method::DELETE => {
+            Err(ApiError::new(ErrorCode::ManifestUnknown))
+        }
+        E::ManifestBadRef(_, bad) if m == Method::PUT => Err(bad.put_error()),
         E::Referrers(name, d) if m == Method::GET => manifests::referrers(ctx, name, d).await,
         E::Blob(name, d) if m == Method::GET || m == Method::HEAD => blobs::get(ctx, name, d).await,
         E::Blob(name, d) if m == Method::DELETE => blobs::delete(ctx, name, d).await,

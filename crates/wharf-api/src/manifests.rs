@@ -80,6 +80,7 @@ pub(crate) async fn get(ctx: Ctx, name: RepoName, reference: Reference) -> ApiRe
 }
 
 pub(crate) async fn put(mut ctx: Ctx, name: RepoName, reference: Reference) -> ApiResult {
+    let opts = put_options(&ctx)?;
     let too_large = || {
         ApiError::msg(
             ErrorCode::TooLarge,
@@ -114,7 +115,7 @@ pub(crate) async fn put(mut ctx: Ctx, name: RepoName, reference: Reference) -> A
     let res = ctx
         .st
         .registry
-        .put_manifest(&name, &reference, content_type.as_deref(), bytes)
+        .put_manifest(&name, &reference, content_type.as_deref(), bytes, &opts)
         .await?;
     let mut r = empty(StatusCode::CREATED);
     set_header(
@@ -126,7 +127,41 @@ pub(crate) async fn put(mut ctx: Ctx, name: RepoName, reference: Reference) -> A
     if let Some(s) = res.subject {
         set_header(&mut r, "oci-subject", s.as_str());
     }
+    // One `OCI-Tag` per tag when the client used `tag` parameters: that is
+    // how it learns that the registry applied them.
+    if !opts.tags.is_empty() {
+        for t in &res.tags {
+            if let Ok(v) = header::HeaderValue::from_str(t.as_str()) {
+                r.headers_mut().append("oci-tag", v);
+            }
+        }
+    }
     Ok(r)
+}
+
+/// The `digest` and `tag` query parameters of a manifest push.
+fn put_options(ctx: &Ctx) -> Result<wharf_core::PutManifestOptions, ApiError> {
+    let digest = match ctx.query.get("digest").filter(|d| !d.is_empty()) {
+        None => None,
+        Some(d) => Some(
+            d.parse::<wharf_oci::Digest>()
+                .map_err(|e| ApiError::msg(ErrorCode::DigestInvalid, e.to_string()))?,
+        ),
+    };
+    let mut tags = Vec::new();
+    for t in ctx.query.get_all("tag") {
+        tags.push(t.parse::<wharf_oci::Tag>().map_err(|_| {
+            ApiError::msg(ErrorCode::ManifestInvalid, format!("invalid tag {t:?}"))
+        })?);
+    }
+    const MAX_TAG_PARAMS: usize = 100;
+    if tags.len() > MAX_TAG_PARAMS {
+        return Err(ApiError::msg(
+            ErrorCode::ManifestInvalid,
+            format!("at most {MAX_TAG_PARAMS} tag parameters"),
+        ));
+    }
+    Ok(wharf_core::PutManifestOptions { digest, tags })
 }
 
 pub(crate) async fn delete(ctx: Ctx, name: RepoName, reference: Reference) -> ApiResult {

@@ -20,9 +20,10 @@ async fn base_and_unknown_routes() {
     let r = reg.send(Method::GET, "/nope").await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(r).await, "NOT_FOUND");
+    // Under /v2 only the spec's codes (see tests/conformance.rs).
     let r = reg.send(Method::GET, "/v2/a/b").await;
     assert_eq!(r.status(), 404);
-    assert_eq!(error_code(r).await, "NOT_FOUND");
+    assert_eq!(error_code(r).await, "UNSUPPORTED");
     let r = reg.send(Method::GET, "/v2/UPPER/tags/list").await;
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(r).await, "NAME_INVALID");

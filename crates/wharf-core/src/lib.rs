@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use wharf_meta::{ManifestRecord, ManifestRefs, MetaError, MetaStore, PutChecks, Upload};
 use wharf_oci::manifest::MAX_MANIFEST_SIZE;
-use wharf_oci::{Algorithm, Digest, DigestHasher, Manifest, ManifestError, Reference, RepoName};
+use wharf_oci::{
+    Algorithm, Digest, DigestHasher, Manifest, ManifestError, Reference, RepoName, Tag,
+};
 use wharf_store::{BlobStore, StoreError};
 
 mod error;
@@ -35,6 +37,9 @@ pub struct CoreConfig {
     /// Whether deleting a manifest by digest also deletes the manifests whose
     /// `subject` it is (signatures, SBOMs: `storage.delete.referrers`).
     pub delete_referrers: bool,
+    /// Accept manifests that reference blobs or index children the
+    /// repository does not hold (`storage.manifests.sparse`).
+    pub sparse_manifests: bool,
 }
 
 impl Default for CoreConfig {
@@ -42,8 +47,19 @@ impl Default for CoreConfig {
         CoreConfig {
             delete_enabled: true,
             delete_referrers: true,
+            sparse_manifests: false,
         }
     }
+}
+
+/// What a manifest push asks for besides its reference.
+#[derive(Debug, Clone, Default)]
+pub struct PutManifestOptions {
+    /// The `digest` query parameter: the digest the client computed, whose
+    /// algorithm the registry uses (so a push by tag can be sha512).
+    pub digest: Option<Digest>,
+    /// The `tag` query parameters: more tags to point at the manifest.
+    pub tags: Vec<Tag>,
 }
 
 /// How deep referrers of referrers are followed on delete.
@@ -97,6 +113,8 @@ pub struct ServedManifest {
 pub struct PutManifestResult {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// Every tag now pointing at the manifest because of this push.
+    pub tags: Vec<Tag>,
 }
 
 struct BusyGuard<'a> {
@@ -527,12 +545,24 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         body: Bytes,
+        opts: &PutManifestOptions,
     ) -> Result<PutManifestResult, CoreError> {
         if body.len() > MAX_MANIFEST_SIZE {
             return Err(CoreError::ManifestTooLarge);
         }
-        let digest = match reference {
-            Reference::Digest(d) => {
+        // The digest the client names (in the path, or the `digest`
+        // parameter) sets the algorithm, and must be the body's.
+        let named = match (reference, &opts.digest) {
+            (Reference::Digest(d), Some(p)) if d != p => {
+                return Err(CoreError::DigestInvalid(format!(
+                    "the digest parameter {p} is not the reference {d}"
+                )));
+            }
+            (Reference::Digest(d), _) => Some(d),
+            (Reference::Tag(_), p) => p.as_ref(),
+        };
+        let digest = match named {
+            Some(d) => {
                 let actual = d.of_same_algorithm(&body);
                 if &actual != d {
                     return Err(CoreError::DigestInvalid(format!(
@@ -541,7 +571,7 @@ impl Registry {
                 }
                 actual
             }
-            Reference::Tag(_) => Digest::sha256_of(&body),
+            None => Digest::sha256_of(&body),
         };
         let m = Manifest::parse(&body, content_type).map_err(|e| match e {
             ManifestError::Unsupported(t) => {
@@ -569,21 +599,33 @@ impl Registry {
             subject: subject.clone(),
             annotations,
         };
-        let tag = match reference {
-            Reference::Tag(t) => Some(t),
-            Reference::Digest(_) => None,
+        let mut tags: Vec<Tag> = Vec::with_capacity(1 + opts.tags.len());
+        if let Reference::Tag(t) = reference {
+            tags.push(t.clone());
+        }
+        for t in &opts.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let mut checks = PutChecks {
+            sparse: self.config.sparse_manifests,
+            ..PutChecks::default()
         };
-        let mut checks = PutChecks::default();
         if let Some(p) = self.policy(repo.project()).await? {
             checks.quota = p.quota.map(|q| (repo.project().to_owned(), q));
-            checks.immutable_tag = tag.is_some_and(|t| p.is_immutable(repo, t.as_str()));
+            checks.immutable_tags = tags
+                .iter()
+                .filter(|t| p.is_immutable(repo, t.as_str()))
+                .map(|t| t.to_string())
+                .collect();
         }
         self.meta
             .put_manifest_checked(
                 repo,
                 &record,
                 &ManifestRefs { blobs, children },
-                tag,
+                &tags,
                 &checks,
             )
             .await
@@ -596,7 +638,11 @@ impl Registry {
                 )),
                 other => other.into(),
             })?;
-        Ok(PutManifestResult { digest, subject })
+        Ok(PutManifestResult {
+            digest,
+            subject,
+            tags,
+        })
     }
 
     /// Deletes a tag (only that tag) or a manifest by digest (and its tags).

@@ -66,8 +66,13 @@ pub struct PutChecks {
     /// (see [`MetaStore::project_usage`]) after the store may not exceed it
     /// unless the manifest adds nothing.
     pub quota: Option<(String, u64)>,
-    /// The tag, if it exists, must already point at this manifest.
-    pub immutable_tag: bool,
+    /// Tags (of those given) that, if they exist, must already point at
+    /// this manifest.
+    pub immutable_tags: Vec<String>,
+    /// Accept references to blobs the repository does not have and index
+    /// children it does not hold (`storage.manifests.sparse`): they are
+    /// recorded as references all the same.
+    pub sparse: bool,
 }
 
 /// Per-project rules. Stored as given; `wharf-core` validates patterns.
@@ -261,18 +266,20 @@ pub trait MetaStore: Send + Sync + 'static {
         refs: &ManifestRefs,
         tag: Option<&Tag>,
     ) -> Result<(), MetaError> {
-        self.put_manifest_checked(repo, manifest, refs, tag, &PutChecks::default())
+        let tags = tag.map(std::slice::from_ref).unwrap_or(&[]);
+        self.put_manifest_checked(repo, manifest, refs, tags, &PutChecks::default())
             .await
     }
 
-    /// [`put_manifest`](Self::put_manifest) that also enforces `checks`:
-    /// `QuotaExceeded` or `Immutable`, and nothing stored, when one fails.
+    /// [`put_manifest`](Self::put_manifest) that points every one of `tags`
+    /// at the manifest and also enforces `checks`: `QuotaExceeded` or
+    /// `Immutable`, and nothing stored, when one fails.
     async fn put_manifest_checked(
         &self,
         repo: &RepoName,
         manifest: &ManifestRecord,
         refs: &ManifestRefs,
-        tag: Option<&Tag>,
+        tags: &[Tag],
         checks: &PutChecks,
     ) -> Result<(), MetaError>;
 

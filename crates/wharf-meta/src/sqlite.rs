@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_policy.sql"),
     include_str!("../migrations/sqlite/0006_coordination.sql"),
     include_str!("../migrations/sqlite/0007_login_throttles.sql"),
+    include_str!("../migrations/sqlite/0008_repository_manifested.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -358,14 +359,15 @@ fn holds_lease(c: &Connection, name: &str, owner: &str, now: i64) -> Result<bool
     )
 }
 
+/// Whether the repository has held a manifest (and was not deleted since):
+/// then its tag list answers, empty or not.
 fn repo_has_manifests(c: &Connection, repo: &str) -> Result<bool, MetaError> {
-    Ok(c.prepare_cached(
-        "SELECT 1 FROM repositories r WHERE r.name = ?1 \
-         AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)",
-    )?
-    .query_row([repo], |r| r.get::<_, i64>(0))
-    .optional()?
-    .is_some())
+    Ok(
+        c.prepare_cached("SELECT 1 FROM repositories r WHERE r.name = ?1 AND r.manifested = 1")?
+            .query_row([repo], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some(),
+    )
 }
 
 #[cfg(unix)]
@@ -690,15 +692,15 @@ impl MetaStore for SqliteMeta {
         repo: &RepoName,
         m: &ManifestRecord,
         refs: &ManifestRefs,
-        tag: Option<&Tag>,
+        tags: &[Tag],
         checks: &PutChecks,
     ) -> Result<(), MetaError> {
-        let tagged = tag.is_some();
-        let (repo_name, m, refs, tag, checks) = (
+        let tagged = !tags.is_empty();
+        let (repo_name, m, refs, tags, checks) = (
             repo.to_string(),
             m.clone(),
             refs.clone(),
-            tag.map(Tag::to_string),
+            tags.iter().map(Tag::to_string).collect::<Vec<_>>(),
             checks.clone(),
         );
         let repo = repo_name.clone();
@@ -711,7 +713,7 @@ impl MetaStore for SqliteMeta {
                     .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
                     .query_row(params![repo_id, b.as_str()], |r| r.get(0))
                     .optional()?;
-                if found.is_none() {
+                if found.is_none() && !checks.sparse {
                     return Err(MetaError::MissingBlob(b.clone()));
                 }
             }
@@ -720,14 +722,12 @@ impl MetaStore for SqliteMeta {
                     .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
                     .query_row(params![repo_id, ch.as_str()], |r| r.get(0))
                     .optional()?;
-                if found.is_none() {
+                if found.is_none() && !checks.sparse {
                     return Err(MetaError::MissingManifest(ch.clone()));
                 }
             }
             // After the reference checks: the quota reads the blobs they vouch for.
-            if checks.immutable_tag
-                && let Some(tag) = &tag
-            {
+            for tag in tags.iter().filter(|t| checks.immutable_tags.contains(t)) {
                 let current: Option<String> = tx
                     .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
                     .query_row(params![repo_id, tag], |r| r.get(0))
@@ -762,7 +762,7 @@ impl MetaStore for SqliteMeta {
                 tx.prepare_cached("INSERT INTO manifest_children (repo_id, manifest_digest, child_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
                     .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
             }
-            if let Some(tag) = tag {
+            for tag in &tags {
                 let previous: Option<String> = tx
                     .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
                     .query_row(params![repo_id, tag], |r| r.get(0))

@@ -44,6 +44,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     policies(meta).await;
     quota(meta).await;
     immutable_tags(meta).await;
+    sparse_manifests(meta).await;
     retention_queries(meta).await;
 }
 
@@ -184,19 +185,19 @@ pub async fn quota(meta: &dyn MetaStore) {
     };
     let limit = |n: u64| PutChecks {
         quota: Some(("quo".into(), n)),
-        immutable_tag: false,
+        ..PutChecks::default()
     };
     let m1s = m1.content.len() as u64;
     // A blob the repository lacks is reported as such, quota or not.
     let unknown = Digest::sha256_of(b"quota-unknown");
     assert!(matches!(
-        meta.put_manifest_checked(&r1, &m1, &refs(&[&unknown]), None, &limit(10))
+        meta.put_manifest_checked(&r1, &m1, &refs(&[&unknown]), &[], &limit(10))
             .await,
         Err(MetaError::MissingBlob(d)) if d == unknown
     ));
     // 1000 + manifest does not fit in 1000.
     match meta
-        .put_manifest_checked(&r1, &m1, &refs(&[&big]), Some(&tag("v1")), &limit(1000))
+        .put_manifest_checked(&r1, &m1, &refs(&[&big]), &[tag("v1")], &limit(1000))
         .await
     {
         Err(MetaError::QuotaExceeded {
@@ -214,38 +215,26 @@ pub async fn quota(meta: &dyn MetaStore) {
             .is_none()
     );
     assert!(meta.list_tags(&r1, None, 10).await.unwrap().is_none());
-    meta.put_manifest_checked(
-        &r1,
-        &m1,
-        &refs(&[&big]),
-        Some(&tag("v1")),
-        &limit(1000 + m1s),
-    )
-    .await
-    .unwrap();
+    meta.put_manifest_checked(&r1, &m1, &refs(&[&big]), &[tag("v1")], &limit(1000 + m1s))
+        .await
+        .unwrap();
     // The same blob in another repository of the project costs only the manifest.
     let m2 = manifest("quota-2", None, None);
     let m2s = m2.content.len() as u64;
     let at_limit = 1000 + m1s + m2s;
-    meta.put_manifest_checked(&r2, &m2, &refs(&[&big]), None, &limit(at_limit))
+    meta.put_manifest_checked(&r2, &m2, &refs(&[&big]), &[], &limit(at_limit))
         .await
         .unwrap();
     // Full: a new blob does not fit, re-tagging what is there does.
     let m3 = manifest("quota-3", None, None);
     assert!(matches!(
-        meta.put_manifest_checked(&r2, &m3, &refs(&[&small]), None, &limit(at_limit))
+        meta.put_manifest_checked(&r2, &m3, &refs(&[&small]), &[], &limit(at_limit))
             .await,
         Err(MetaError::QuotaExceeded { adding, .. }) if adding == 100 + m3.content.len() as u64
     ));
-    meta.put_manifest_checked(
-        &r2,
-        &m2,
-        &refs(&[&big]),
-        Some(&tag("again")),
-        &limit(at_limit),
-    )
-    .await
-    .unwrap();
+    meta.put_manifest_checked(&r2, &m2, &refs(&[&big]), &[tag("again")], &limit(at_limit))
+        .await
+        .unwrap();
     assert_eq!(meta.project_usage("quo").await.unwrap().0, at_limit);
     // Two pushes at once, each fitting alone but not both: exactly one is
     // stored, and the project never goes past its limit.
@@ -260,12 +249,12 @@ pub async fn quota(meta: &dyn MetaStore) {
     let cap = 1000 + ma.content.len().max(mb.content.len()) as u64;
     let checks = PutChecks {
         quota: Some(("quo2".into(), cap)),
-        immutable_tag: false,
+        ..PutChecks::default()
     };
     let uses_big = refs(&[&big]);
     let (x, y) = futures::join!(
-        meta.put_manifest_checked(&ra, &ma, &uses_big, None, &checks),
-        meta.put_manifest_checked(&rb, &mb, &uses_big, None, &checks),
+        meta.put_manifest_checked(&ra, &ma, &uses_big, &[], &checks),
+        meta.put_manifest_checked(&rb, &mb, &uses_big, &[], &checks),
     );
     let refused = [&x, &y]
         .iter()
@@ -286,17 +275,17 @@ pub async fn immutable_tags(meta: &dyn MetaStore) {
     let (m1, m2) = (manifest("imm-1", None, None), manifest("imm-2", None, None));
     let none = ManifestRefs::default();
     let guard = PutChecks {
-        quota: None,
-        immutable_tag: true,
+        immutable_tags: vec!["v1".into()],
+        ..PutChecks::default()
     };
-    meta.put_manifest_checked(&r, &m1, &none, Some(&tag("v1")), &guard)
+    meta.put_manifest_checked(&r, &m1, &none, &[tag("v1")], &guard)
         .await
         .unwrap();
-    meta.put_manifest_checked(&r, &m1, &none, Some(&tag("v1")), &guard)
+    meta.put_manifest_checked(&r, &m1, &none, &[tag("v1")], &guard)
         .await
         .unwrap();
     assert!(matches!(
-        meta.put_manifest_checked(&r, &m2, &none, Some(&tag("v1")), &guard)
+        meta.put_manifest_checked(&r, &m2, &none, &[tag("v1")], &guard)
             .await,
         Err(MetaError::Immutable(t)) if t == "v1"
     ));
@@ -322,6 +311,83 @@ pub async fn immutable_tags(meta: &dyn MetaStore) {
         ["v0", "v1"]
     );
     assert!(meta.manifest_tags(&r, &m2.digest).await.unwrap().is_empty());
+    // Several tags at once: all or none, and only the immutable ones are
+    // guarded.
+    meta.put_manifest_checked(&r, &m2, &none, &[tag("moving"), tag("v2")], &guard)
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_tags(&r, &m2.digest).await.unwrap(),
+        ["moving", "v2"]
+    );
+    meta.put_manifest_checked(&r, &m1, &none, &[tag("moving"), tag("v1")], &guard)
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_tags(&r, &m1.digest).await.unwrap(),
+        ["moving", "v0", "v1"]
+    );
+    assert!(matches!(
+        meta.put_manifest_checked(&r, &m2, &none, &[tag("other"), tag("v1")], &guard)
+            .await,
+        Err(MetaError::Immutable(t)) if t == "v1"
+    ));
+    assert_eq!(
+        meta.manifest_tags(&r, &m2.digest).await.unwrap(),
+        ["v2"],
+        "nothing of it stored"
+    );
+}
+
+/// With `sparse`, references to blobs and children the repository lacks are
+/// accepted and recorded; without it they are refused.
+pub async fn sparse_manifests(meta: &dyn MetaStore) {
+    let r = name("sparse/app");
+    let (blob, child) = (
+        Digest::sha256_of(b"sparse-blob"),
+        Digest::sha256_of(b"sparse-child"),
+    );
+    let m = manifest("sparse-index", None, None);
+    let refs = ManifestRefs {
+        blobs: vec![blob.clone()],
+        children: vec![child.clone()],
+    };
+    assert!(matches!(
+        meta.put_manifest_checked(&r, &m, &refs, &[tag("s")], &PutChecks::default()).await,
+        Err(MetaError::MissingBlob(d)) if d == blob
+    ));
+    let only_child = ManifestRefs {
+        blobs: vec![],
+        children: vec![child.clone()],
+    };
+    assert!(matches!(
+        meta.put_manifest_checked(&r, &m, &only_child, &[tag("s")], &PutChecks::default()).await,
+        Err(MetaError::MissingManifest(d)) if d == child
+    ));
+    let sparse = PutChecks {
+        sparse: true,
+        ..PutChecks::default()
+    };
+    meta.put_manifest_checked(&r, &m, &refs, &[tag("s")], &sparse)
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.manifest_by_tag(&r, &tag("s"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        m.digest
+    );
+    // The missing blob counts as referenced once it comes: no collection
+    // takes it after its push.
+    let before = meta.gc_estimate(i64::MAX / 2).await.unwrap();
+    meta.record_blob(&blob, 3, 1, None).await.unwrap();
+    assert_eq!(
+        meta.gc_estimate(i64::MAX / 2).await.unwrap(),
+        before,
+        "{blob} is referenced"
+    );
 }
 
 /// What retention reads (push and pull times) and how it deletes.
@@ -1114,6 +1180,21 @@ pub async fn listings_follow_writes(meta: &dyn MetaStore) {
         Some(vec![])
     );
     meta.delete_manifest(&repo, &m1.digest).await.unwrap();
+    // Its last manifest gone, the repository still answers (empty) until
+    // it is deleted; one that only ever held blobs does not.
+    assert_eq!(
+        tags(meta.list_tags(&repo, None, 100).await.unwrap()),
+        Some(vec![])
+    );
+    let blobs_only = name("follow/blobs-only");
+    let d = Digest::sha256_of(b"follow-blobs-only");
+    meta.record_blob(&d, 1, 1, None).await.unwrap();
+    meta.link_blob(&blobs_only, &d, None).await.unwrap();
+    assert_eq!(
+        tags(meta.list_tags(&blobs_only, None, 100).await.unwrap()),
+        None
+    );
+    meta.delete_repository(&repo).await.unwrap();
     assert_eq!(tags(meta.list_tags(&repo, None, 100).await.unwrap()), None);
 
     // Concurrent writers and listers: once every write is done, a listing

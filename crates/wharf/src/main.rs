@@ -643,6 +643,7 @@ async fn open_registry(
         wharf_core::CoreConfig {
             delete_enabled: cfg.storage.delete.enabled,
             delete_referrers: cfg.storage.delete.referrers == config::Referrers::Delete,
+            sparse_manifests: cfg.storage.manifests.sparse,
         },
     ));
     Ok((registry, meta))

@@ -14,6 +14,7 @@ pub struct TestRegistryBuilder {
     data: Option<PathBuf>,
     delete_enabled: bool,
     delete_referrers: bool,
+    sparse_manifests: bool,
     auth: Option<AuthSetup>,
     api: ApiConfig,
     serve: wharf_api::server::ServeOptions,
@@ -48,6 +49,7 @@ impl TestRegistry {
             data: None,
             delete_enabled: true,
             delete_referrers: true,
+            sparse_manifests: false,
             auth: None,
             api: ApiConfig::default(),
             serve: wharf_api::server::ServeOptions::default(),
@@ -99,6 +101,11 @@ impl TestRegistryBuilder {
 
     pub fn auth(mut self, a: AuthSetup) -> Self {
         self.auth = Some(a);
+        self
+    }
+
+    pub fn sparse_manifests(mut self, on: bool) -> Self {
+        self.sparse_manifests = on;
         self
     }
 
@@ -195,6 +202,7 @@ impl TestRegistryBuilder {
             CoreConfig {
                 delete_enabled: self.delete_enabled,
                 delete_referrers: self.delete_referrers,
+                sparse_manifests: self.sparse_manifests,
             },
         ));
         let app = wharf_api::router(Arc::new(AppState::new(

@@ -499,8 +499,9 @@ impl Default for Retention {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Manifests {
-    /// `storage.manifests.sparse`: accept an index whose child manifests
-    /// are not (yet) in the repository (default `false`).
+    /// `storage.manifests.sparse`: accept manifests whose blobs, or index
+    /// children, are not (yet) in the repository, e.g. an index pushed with
+    /// only some of its platforms (default `false`).
     pub sparse: bool,
 }
 
