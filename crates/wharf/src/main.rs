@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 mod access;
 mod admin_cli;
 mod config;
+mod run_as;
 mod server;
 mod tls;
 
@@ -244,6 +245,7 @@ fn repo_rm_local(name: &str, config: Option<PathBuf>, data: Option<PathBuf>) -> 
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    run_as::become_service_user(cfg.storage.root())?;
     rt.block_on(async {
         let (registry, meta) = open_registry(&cfg).await?;
         let result = registry.delete_repository(&repo).await;
@@ -299,6 +301,7 @@ fn throttle_clear_local(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    run_as::become_service_user(cfg.storage.root())?;
     rt.block_on(async {
         let meta = Arc::new(
             wharf_meta::sqlite::SqliteMeta::open(&db)
@@ -428,6 +431,7 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    run_as::become_service_user(cfg.storage.root())?;
     rt.block_on(async {
         let (registry, meta) = open_registry(&cfg).await?;
         // With access control on, the server keeps an audit log in the same
@@ -662,6 +666,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
     let local = listener.local_addr()?;
     let fresh = FreshDataDir::new(&root);
+    run_as::become_service_user(&root)?;
     let (registry, meta) = open_registry(&cfg).await?;
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     if auth.is_some()

@@ -643,3 +643,76 @@ async fn repo_rm_on_the_data_directory_beside_the_server() {
         "and nothing created there"
     );
 }
+
+/// `WHARF_RUN_AS` (the container image sets it): started as root, `serve`
+/// gives a root-owned data directory (such as a distribution root written by
+/// `registry:2`) to the service user and runs as that user; `wharf gc` as
+/// root does the same, so no file in the directory is ever root's.
+#[tokio::test]
+async fn run_as_gives_the_data_directory_to_the_service_user() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The service user must reach the data directory through its parents.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let old = data.join("docker/registry/v2/repositories/old/_layers");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("link"), b"x").unwrap();
+    let server = Server::start(&data, &[], &[("WHARF_RUN_AS", "65532:65533")]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65532"),
+        "{uid_line}"
+    );
+    let client = common::client();
+    let body = bytes(7, 4096);
+    let d = sha256(&body);
+    let r = client
+        .post(server.url(&format!("/v2/team/app/blobs/uploads/?digest={d}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "the service user can write");
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc", "--grace", "0s", "--data"])
+        .arg(&data)
+        .env("WHARF_RUN_AS", "65532:65533")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stack = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65532, 65533), "{}", p.display());
+        seen += 1;
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 5, "{seen}");
+    // A malformed value is an error, not root.
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["gc", "--data"])
+        .arg(&data)
+        .env("WHARF_RUN_AS", "nobody")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WHARF_RUN_AS"));
+}
