@@ -64,6 +64,9 @@ pub struct ApiConfig {
     pub max_uploads: usize,
     /// And per client address (`http.limits.uploadsperclient`).
     pub max_uploads_per_client: usize,
+    /// Whether `/metrics` is served on the registry's port; off when it
+    /// moves to the debug listener ([`debug_router`]).
+    pub metrics_on_main: bool,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +78,7 @@ impl Default for ApiConfig {
             body_idle: std::time::Duration::from_secs(60),
             max_uploads: 4096,
             max_uploads_per_client: 256,
+            metrics_on_main: true,
         }
     }
 }
@@ -146,19 +150,50 @@ pub type ApiResult = Result<Response, ApiError>;
 /// Every request body may pause at most `config.body_idle`.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_idle = state.config.body_idle;
-    Router::new()
+    let mut r = Router::new()
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
         .merge(admin::routes())
         .route("/auth/token", any(auth::token))
         .route("/auth/jwks", get(auth::jwks))
-        .route("/metrics", get(metrics::render))
-        .route("/healthz", get(health))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound) })
+        .route("/healthz", get(health));
+    if state.config.metrics_on_main {
+        r = r.route("/metrics", get(metrics::render));
+    }
+    r.fallback(|| async { ApiError::new(ErrorCode::NotFound) })
         .with_state(state)
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
+        .layer(axum::middleware::from_fn(preflight))
         .layer(axum::middleware::from_fn(metrics::observe))
+}
+
+/// The debug listener's router (`http.debug.addr`): `/healthz`, and the
+/// metrics at `metrics_path` if given (`http.debug.prometheus`).
+pub fn debug_router(state: Arc<AppState>, metrics_path: Option<&str>) -> Router {
+    let mut r = Router::new().route("/healthz", get(health));
+    if let Some(p) = metrics_path {
+        r = r.route(p, get(metrics::render));
+    }
+    r.fallback(|| async { ApiError::new(ErrorCode::NotFound) })
+        .with_state(state)
+}
+
+/// Methods the API answers, for `OPTIONS`.
+const ALLOW: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Answers `OPTIONS` (a browser's CORS preflight carries no credentials) with
+/// 204 and `Allow`, before authentication; the `Access-Control-*` headers
+/// come from `http.headers`, as with distribution, so CORS is as open as the
+/// operator configures it and closed otherwise.
+async fn preflight(req: Request, next: axum::middleware::Next) -> Response {
+    if req.method() != Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let mut r = empty(StatusCode::NO_CONTENT);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+    r
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {

@@ -665,6 +665,15 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         .transpose()?;
     let listener = server::bind(&config::listen_addrs(&cfg.http.addr)?).await?;
     let local = listener.local_addr()?;
+    let debug_listener = match &cfg.http.debug.addr {
+        Some(a) => Some(
+            server::bind(&config::listen_addrs(a)?)
+                .await
+                .context("http.debug.addr")?,
+        ),
+        None => None,
+    };
+    let metrics_on_debug = debug_listener.is_some() && cfg.http.debug.prometheus.enabled;
     let fresh = FreshDataDir::new(&root);
     run_as::become_service_user(&root)?;
     let (registry, meta) = open_registry(&cfg).await?;
@@ -691,6 +700,7 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
             body_idle: cfg.http.timeouts.bodyidle,
             max_uploads: cfg.http.limits.uploads,
             max_uploads_per_client: cfg.http.limits.uploadsperclient,
+            metrics_on_main: !metrics_on_debug,
         },
         auth,
     ));
@@ -788,6 +798,24 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(l) = debug_listener {
+        let debug_local = l.local_addr()?;
+        let path = metrics_on_debug.then_some(cfg.http.debug.prometheus.path.as_str());
+        let app = wharf_api::debug_router(state.clone(), path);
+        let opts = wharf_api::server::ServeOptions {
+            header_timeout: cfg.http.timeouts.header,
+            write_idle: cfg.http.timeouts.writeidle,
+            idle: cfg.http.timeouts.idle,
+            ..Default::default()
+        };
+        tracing::info!(addr = %debug_local, metrics = path.unwrap_or("(on the registry's address)"), "debug server listening");
+        tokio::spawn(wharf_api::server::serve(
+            l,
+            app,
+            opts,
+            std::future::pending(),
+        ));
+    }
     fresh.keep();
     tracing::info!(
         addr = %local,

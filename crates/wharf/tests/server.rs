@@ -716,3 +716,96 @@ async fn run_as_gives_the_data_directory_to_the_service_user() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("WHARF_RUN_AS"));
 }
+
+/// CORS as distribution does it: `http.headers` on every answer, and an
+/// `OPTIONS` preflight (no credentials) answered 204 even with access
+/// control on. `/metrics` moves to `http.debug.addr` with
+/// `http.debug.prometheus.enabled`, off the registry's port.
+#[tokio::test]
+async fn cors_preflight_and_metrics_on_the_debug_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        "http:\n  headers:\n    Access-Control-Allow-Origin: ['https://ui.example.com']\n    Access-Control-Allow-Methods: ['HEAD', 'GET', 'OPTIONS', 'DELETE']\n    Access-Control-Allow-Headers: ['Authorization', 'Accept']\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n      path: /metrics\nauth:\n  builtin: {}\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+        &[("WHARF_ADMIN_PASSWORD", "admin-secret-123")],
+    );
+    let client = common::client();
+    let r = client
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/v2/team/app/tags/list"),
+        )
+        .header("origin", "https://ui.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "a preflight needs no credentials");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://ui.example.com"
+    );
+    assert!(r.headers()["allow"].to_str().unwrap().contains("DELETE"));
+    let methods: Vec<_> = r
+        .headers()
+        .get_all("access-control-allow-methods")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(methods, ["HEAD", "GET", "OPTIONS", "DELETE"]);
+    // The real request still needs credentials, and carries the headers.
+    let r = client
+        .get(server.url("/v2/team/app/tags/list"))
+        .header("origin", "https://ui.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://ui.example.com"
+    );
+    // Metrics are on the debug address only.
+    assert_eq!(
+        client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let log = server.stderr();
+    let debug = log
+        .lines()
+        .find(|l| l.contains("debug server listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no debug listener in the log: {log}"))
+        .to_owned();
+    let r = client
+        .get(format!("http://{debug}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("wharf_http_requests_total")
+    );
+    let r = client
+        .get(format!("http://{debug}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
