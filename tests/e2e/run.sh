@@ -18,12 +18,13 @@ export WORK WHARF
 . "$HERE/auth.sh"
 . "$HERE/gc.sh"
 . "$HERE/policy.sh"
+. "$HERE/import.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc policy)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc policy import)
 
 cleanup() {
-  stop_wharf; stop_dockerd; stop_containerd
+  stop_wharf; stop_dockerd; stop_containerd; stop_distribution
   if [ "$FAIL" -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else echo "work directory kept: $WORK"; fi
 }
 trap cleanup EXIT
@@ -51,6 +52,13 @@ for c in "${CLIENTS[@]}"; do
     start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(policy-dockerd); continue; }
     client_policy
     stop_dockerd
+    continue
+  fi
+  if [ "$c" = import ]; then
+    echo "--- adopting a distribution root"
+    { start_dockerd && start_containerd; } || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(import-daemons); continue; }
+    client_import
+    stop_distribution; stop_dockerd; stop_containerd
     continue
   fi
   if [ "$c" = gc ]; then

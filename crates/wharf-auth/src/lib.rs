@@ -149,6 +149,9 @@ pub struct Settings {
     pub failed_login_window: Duration,
     /// Failed logins with names that name no account, per address.
     pub max_unknown_logins: u32,
+    /// The first block, after `max_failed_logins` failures; each further
+    /// failure doubles it.
+    pub login_delay: Duration,
     /// The longest a pair is blocked for at once.
     pub max_login_delay: Duration,
 }
@@ -164,6 +167,7 @@ impl Default for Settings {
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
             max_unknown_logins: 30,
+            login_delay: Duration::from_secs(1),
             max_login_delay: Duration::from_secs(3600),
         }
     }
@@ -322,6 +326,7 @@ impl Auth {
         let policy = |attempts: u32| ThrottlePolicy {
             attempts: attempts.max(1),
             window_ms: ms(settings.failed_login_window),
+            delay_ms: ms(settings.login_delay).max(1),
             max_delay_ms: ms(settings.max_login_delay).max(1000),
         };
         Auth {

@@ -209,6 +209,7 @@ mod tests {
         let p = ThrottlePolicy {
             attempts: 10,
             window_ms: 300_000,
+            delay_ms: 1_000,
             max_delay_ms: 3_600_000,
         };
         let d: Vec<i64> = [1, 9, 10, 11, 12, 21, 22, 100, u32::MAX]

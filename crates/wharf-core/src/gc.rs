@@ -384,6 +384,14 @@ impl Registry {
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
         }
+        if self.meta.import_state().await? == Some(wharf_meta::ImportState::Pending) {
+            return Err(CoreError::Busy(
+                "a distribution root in the data directory is not fully imported yet \
+                 (wharf import, or wharf serve in the background): collections delete \
+                 nothing until it is"
+                    .into(),
+            ));
+        }
         let lease = HeldLease::acquire(self.meta.clone()).await?;
         let result = self.collect(&lease, &opts, cutoff, events).await;
         lease.release().await;

@@ -22,6 +22,7 @@ mod error;
 mod gc;
 mod policy;
 pub use error::CoreError;
+pub mod import;
 pub use gc::{GcEvents, GcOptions, GcReport};
 pub use policy::{PULL_FLUSH_INTERVAL, RetentionReport};
 pub use wharf_meta::Page;
@@ -60,6 +61,37 @@ pub struct PutManifestOptions {
     pub digest: Option<Digest>,
     /// The `tag` query parameters: more tags to point at the manifest.
     pub tags: Vec<Tag>,
+}
+
+/// A parsed manifest as the metadata store records it, and what it
+/// references (blobs and index children, sorted, once each).
+pub(crate) fn record_of(
+    digest: Digest,
+    body: Vec<u8>,
+    m: &Manifest,
+) -> (ManifestRecord, ManifestRefs) {
+    let mut blobs: Vec<Digest> = m.required_blobs().map(|d| d.digest.clone()).collect();
+    blobs.sort();
+    blobs.dedup();
+    let mut children: Vec<Digest> = m.manifests.iter().map(|d| d.digest.clone()).collect();
+    children.sort();
+    children.dedup();
+    let annotations = m
+        .annotations
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .and_then(|a| serde_json::to_string(a).ok());
+    (
+        ManifestRecord {
+            digest,
+            media_type: m.media_type.clone(),
+            content: body,
+            artifact_type: m.effective_artifact_type().map(str::to_owned),
+            subject: m.subject.as_ref().map(|s| s.digest.clone()),
+            annotations,
+        },
+        ManifestRefs { blobs, children },
+    )
 }
 
 /// How deep referrers of referrers are followed on delete.
@@ -579,26 +611,9 @@ impl Registry {
             }
             other => CoreError::ManifestInvalid(other.to_string()),
         })?;
-        let mut blobs: Vec<Digest> = m.required_blobs().map(|d| d.digest.clone()).collect();
-        blobs.sort();
-        blobs.dedup();
-        let mut children: Vec<Digest> = m.manifests.iter().map(|d| d.digest.clone()).collect();
-        children.sort();
-        children.dedup();
-        let subject = m.subject.as_ref().map(|s| s.digest.clone());
-        let annotations = m
-            .annotations
-            .as_ref()
-            .filter(|a| !a.is_empty())
-            .and_then(|a| serde_json::to_string(a).ok());
-        let record = ManifestRecord {
-            digest: digest.clone(),
-            media_type: m.media_type.clone(),
-            content: body.to_vec(),
-            artifact_type: m.effective_artifact_type().map(str::to_owned),
-            subject: subject.clone(),
-            annotations,
-        };
+        let (record, ManifestRefs { blobs, children }) =
+            record_of(digest.clone(), body.to_vec(), &m);
+        let subject = record.subject.clone();
         let mut tags: Vec<Tag> = Vec::with_capacity(1 + opts.tags.len());
         if let Reference::Tag(t) = reference {
             tags.push(t.clone());

@@ -193,13 +193,15 @@ pub struct ThrottleKey {
 }
 
 /// How failures turn into waits: `attempts` failures are free within
-/// `window_ms`; each one after them blocks the key for twice as long as the
-/// one before (1 s, 2 s, 4 s, …) up to `max_delay_ms`. A key with no failure
-/// for `window_ms` after its last failure or block is forgotten.
+/// `window_ms`; the last of them blocks the key for `delay_ms`, and each one
+/// after them twice as long as the one before (1 s, 2 s, 4 s, … by default)
+/// up to `max_delay_ms`. A key with no failure for `window_ms` after its
+/// last failure or block is forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottlePolicy {
     pub attempts: u32,
     pub window_ms: i64,
+    pub delay_ms: i64,
     pub max_delay_ms: i64,
 }
 
@@ -210,7 +212,10 @@ impl ThrottlePolicy {
             return 0;
         }
         let doublings = (failures - self.attempts).min(40);
-        (1000i64 << doublings).min(self.max_delay_ms)
+        self.delay_ms
+            .max(1)
+            .saturating_mul(1i64 << doublings)
+            .min(self.max_delay_ms)
     }
 
     /// Whether a key last failed at `last_ms` and blocked until

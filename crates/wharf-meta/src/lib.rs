@@ -182,6 +182,31 @@ pub struct Upload {
     pub updated_at_ms: i64,
 }
 
+/// One repository of a distribution root, read by `wharf import`: what is
+/// stored in it, to be recorded in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ImportBatch {
+    /// Blobs the repository links (`_layers`), with their sizes.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Manifests (`_manifests/revisions`) and what they reference. Each
+    /// manifest's own blob file (distribution keeps manifests as blobs) is
+    /// recorded as a blob the manifest references, so that a collection
+    /// keeps it while the manifest exists: distribution, started again on
+    /// the root, still reads it.
+    pub manifests: Vec<(ManifestRecord, ManifestRefs)>,
+    /// Tags (`_manifests/tags/*/current`); each names one of `manifests` or
+    /// a manifest the repository holds already.
+    pub tags: Vec<(Tag, Digest)>,
+}
+
+/// Where the import of a distribution root stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportState {
+    /// A root was found and is not fully imported: collections wait.
+    Pending,
+    Complete,
+}
+
 /// The name of the lease a garbage collector holds while it works.
 pub const GC_LEASE: &str = "gc";
 
@@ -403,6 +428,29 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Ids of uploads not updated since `before_ms`.
     async fn stale_uploads(&self, before_ms: i64) -> Result<Vec<String>, MetaError>;
+
+    // ---- import of a distribution root --------------------------------------------
+
+    /// Records one repository of a distribution root in one transaction, and
+    /// that it was imported. Idempotent: what the repository holds already
+    /// stays (a tag Wharf has moved since is not moved back), what is new is
+    /// added. References are not checked (the importer read them from the
+    /// root); tags whose manifest is neither in the batch nor in the
+    /// repository are skipped.
+    async fn import_repository(
+        &self,
+        repo: &RepoName,
+        batch: &ImportBatch,
+        now_ms: i64,
+    ) -> Result<(), MetaError>;
+
+    /// Names of the repositories imported so far.
+    async fn imported_repositories(&self) -> Result<std::collections::HashSet<String>, MetaError>;
+
+    /// Where the import stands; `None` if no distribution root was ever found.
+    async fn import_state(&self) -> Result<Option<ImportState>, MetaError>;
+
+    async fn set_import_state(&self, state: ImportState) -> Result<(), MetaError>;
 
     // ---- leases ------------------------------------------------------------------
     //

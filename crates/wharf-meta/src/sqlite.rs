@@ -19,8 +19,8 @@ use wharf_oci::{Digest, RepoName, Tag};
 mod auth;
 
 use crate::{
-    GC_LEASE, Lease, ManifestRecord, ManifestRefs, MetaError, MetaStore, Page, ProjectPolicy,
-    PutChecks, Referrer, TagInfo, Upload,
+    GC_LEASE, ImportBatch, ImportState, Lease, ManifestRecord, ManifestRefs, MetaError, MetaStore,
+    Page, ProjectPolicy, PutChecks, Referrer, TagInfo, Upload,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last.
@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_coordination.sql"),
     include_str!("../migrations/sqlite/0007_login_throttles.sql"),
     include_str!("../migrations/sqlite/0008_repository_manifested.sql"),
+    include_str!("../migrations/sqlite/0009_import.sql"),
 ];
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -1371,6 +1372,137 @@ impl MetaStore for SqliteMeta {
             Ok(st
                 .query_map([before_ms], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    async fn import_repository(
+        &self,
+        repo: &RepoName,
+        batch: &ImportBatch,
+        now: i64,
+    ) -> Result<(), MetaError> {
+        let (repo_name, batch) = (repo.to_string(), batch.clone());
+        let repo = repo_name.clone();
+        let r = self
+            .write_in_background(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let repo_id = repo_id_for_write(&tx, &repo)?;
+                let blob = |tx: &rusqlite::Transaction<'_>, d: &Digest, size: u64| -> Result<(), MetaError> {
+                    tx.prepare_cached(
+                        "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?1, ?2, ?3, ?3) \
+                         ON CONFLICT(digest) DO NOTHING",
+                    )?
+                    .execute(params![d.as_str(), to_i64(size)?, now])?;
+                    Ok(())
+                };
+                for (d, size) in &batch.blobs {
+                    blob(&tx, d, *size)?;
+                    tx.prepare_cached(
+                        "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![repo_id, d.as_str(), now])?;
+                }
+                for (m, refs) in &batch.manifests {
+                    tx.prepare_cached(
+                        "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![
+                        repo_id,
+                        m.digest.as_str(),
+                        m.media_type,
+                        m.content.len() as i64,
+                        m.content,
+                        m.artifact_type,
+                        m.subject.as_ref().map(|s| s.as_str()),
+                        m.annotations,
+                        now
+                    ])?;
+                    // The manifest's own blob file, kept while it exists.
+                    blob(&tx, &m.digest, m.content.len() as u64)?;
+                    for b in refs.blobs.iter().chain(std::iter::once(&m.digest)) {
+                        tx.prepare_cached("INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+                            .execute(params![repo_id, m.digest.as_str(), b.as_str()])?;
+                    }
+                    for ch in &refs.children {
+                        tx.prepare_cached("INSERT INTO manifest_children (repo_id, manifest_digest, child_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+                            .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
+                    }
+                }
+                for (tag, d) in &batch.tags {
+                    let held: Option<i64> = tx
+                        .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                        .query_row(params![repo_id, d.as_str()], |r| r.get(0))
+                        .optional()?;
+                    if held.is_none() {
+                        continue;
+                    }
+                    let added = tx
+                        .prepare_cached(
+                            "INSERT INTO tags (repo_id, name, manifest_digest, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                             ON CONFLICT(repo_id, name) DO NOTHING",
+                        )?
+                        .execute(params![repo_id, tag.as_str(), d.as_str(), now])?;
+                    if added > 0 {
+                        tx.prepare_cached(
+                            "UPDATE manifests SET untagged_at = NULL WHERE repo_id = ?1 AND digest = ?2",
+                        )?
+                        .execute(params![repo_id, d.as_str()])?;
+                    }
+                }
+                tx.prepare_cached(
+                    "INSERT INTO import_repos (name, imported_at) VALUES (?1, ?2) \
+                     ON CONFLICT(name) DO UPDATE SET imported_at = excluded.imported_at",
+                )?
+                .execute(params![repo, now])?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        self.tags.invalidate(&repo_name);
+        r
+    }
+
+    async fn imported_repositories(&self) -> Result<std::collections::HashSet<String>, MetaError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT name FROM import_repos")?;
+            let names = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<std::collections::HashSet<String>, _>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn import_state(&self) -> Result<Option<ImportState>, MetaError> {
+        self.read(|c| {
+            let v: Option<String> = c
+                .prepare_cached("SELECT value FROM registry_state WHERE key = 'import'")?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            Ok(match v.as_deref() {
+                None => None,
+                Some("complete") => Some(ImportState::Complete),
+                Some(_) => Some(ImportState::Pending),
+            })
+        })
+        .await
+    }
+
+    async fn set_import_state(&self, state: ImportState) -> Result<(), MetaError> {
+        let v = match state {
+            ImportState::Pending => "pending",
+            ImportState::Complete => "complete",
+        };
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO registry_state (key, value) VALUES ('import', ?1) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([v])?;
+            Ok(())
         })
         .await
     }

@@ -4,8 +4,8 @@
 use wharf_oci::{Digest, RepoName, Tag};
 
 use crate::{
-    GC_LEASE, Keep, ManifestRecord, ManifestRefs, MetaError, MetaStore, ProjectPolicy, PutChecks,
-    RetentionRule, TagRule, Upload,
+    GC_LEASE, ImportBatch, ImportState, Keep, ManifestRecord, ManifestRefs, MetaError, MetaStore,
+    ProjectPolicy, PutChecks, RetentionRule, TagRule, Upload,
 };
 
 fn name(s: &str) -> RepoName {
@@ -45,6 +45,7 @@ pub async fn run_all(meta: &dyn MetaStore) {
     quota(meta).await;
     immutable_tags(meta).await;
     sparse_manifests(meta).await;
+    import(meta).await;
     retention_queries(meta).await;
 }
 
@@ -337,6 +338,134 @@ pub async fn immutable_tags(meta: &dyn MetaStore) {
         ["v2"],
         "nothing of it stored"
     );
+}
+
+/// Importing a repository of a distribution root: all in one go,
+/// idempotent, Wharf's own later tag moves kept, manifests' own blob files
+/// kept by collections while the manifest exists.
+pub async fn import(meta: &dyn MetaStore) {
+    let r = name("imported/app");
+    let (layer, config) = (
+        Digest::sha256_of(b"imp-layer"),
+        Digest::sha256_of(b"imp-config"),
+    );
+    let img = manifest("imported-image", None, None);
+    let idx = manifest("imported-index", None, None);
+    let batch = ImportBatch {
+        blobs: vec![(layer.clone(), 9), (config.clone(), 10)],
+        manifests: vec![
+            // The index first: order does not matter.
+            (
+                idx.clone(),
+                ManifestRefs {
+                    blobs: vec![],
+                    children: vec![img.digest.clone()],
+                },
+            ),
+            (
+                img.clone(),
+                ManifestRefs {
+                    blobs: vec![config.clone(), layer.clone()],
+                    children: vec![],
+                },
+            ),
+        ],
+        tags: vec![
+            (tag("latest"), idx.digest.clone()),
+            (tag("amd64"), img.digest.clone()),
+            (
+                tag("gone"),
+                Digest::sha256_of(b"a schema1 manifest, not imported"),
+            ),
+        ],
+    };
+    assert_eq!(meta.import_state().await.unwrap(), None);
+    meta.set_import_state(ImportState::Pending).await.unwrap();
+    assert_eq!(
+        meta.import_state().await.unwrap(),
+        Some(ImportState::Pending)
+    );
+    meta.import_repository(&r, &batch, 70_000).await.unwrap();
+    let listed = |p: Option<crate::Page>| p.map(|p| p.items);
+    assert_eq!(
+        listed(meta.list_tags(&r, None, 10).await.unwrap()),
+        Some(vec!["amd64".into(), "latest".into()])
+    );
+    assert_eq!(meta.blob_in_repo(&r, &layer).await.unwrap(), Some(9));
+    assert_eq!(
+        meta.manifest_by_tag(&r, &tag("latest"))
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        idx.content
+    );
+    // Referenced: a collection at any cutoff takes none of them, nor the
+    // manifests' own blob files.
+    let far = i64::MAX / 2;
+    meta.gc_drop_stale_links(far).await.unwrap();
+    take_gc_lease(meta, "gc-import", 70_000, 1_000).await;
+    let marked = meta
+        .gc_mark("gc-import", far, 70_000, 100, None)
+        .await
+        .unwrap();
+    for d in [&layer, &config, &img.digest, &idx.digest] {
+        assert!(!marked.iter().any(|(m, _)| m == d), "{d} marked");
+    }
+    meta.gc_forget(
+        "gc-import",
+        &marked.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    meta.lease_release(GC_LEASE, "gc-import").await.unwrap();
+    // Wharf moves a tag; importing again (a resumed run) adds nothing and
+    // does not move it back.
+    let other = manifest("wharf-pushed", None, None);
+    meta.put_manifest(&r, &other, &ManifestRefs::default(), Some(&tag("latest")))
+        .await
+        .unwrap();
+    meta.import_repository(&r, &batch, 80_000).await.unwrap();
+    assert_eq!(
+        meta.manifest_by_tag(&r, &tag("latest"))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
+        other.digest
+    );
+    assert!(
+        meta.imported_repositories()
+            .await
+            .unwrap()
+            .contains("imported/app")
+    );
+    meta.set_import_state(ImportState::Complete).await.unwrap();
+    assert_eq!(
+        meta.import_state().await.unwrap(),
+        Some(ImportState::Complete)
+    );
+    // Once its manifest is deleted, a manifest's blob file is collectable.
+    meta.delete_tag(&r, &tag("amd64")).await.unwrap();
+    meta.delete_manifest(&r, &idx.digest).await.unwrap();
+    meta.delete_manifest(&r, &img.digest).await.unwrap();
+    meta.unlink_blob(&r, &layer).await.unwrap();
+    meta.unlink_blob(&r, &config).await.unwrap();
+    take_gc_lease(meta, "gc-import", 90_000, 1_000).await;
+    let marked = meta
+        .gc_mark("gc-import", far, 90_000, 100, None)
+        .await
+        .unwrap();
+    for d in [&layer, &config, &img.digest, &idx.digest] {
+        assert!(marked.iter().any(|(m, _)| m == d), "{d} not marked");
+    }
+    meta.gc_forget(
+        "gc-import",
+        &marked.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    meta.lease_release(GC_LEASE, "gc-import").await.unwrap();
 }
 
 /// With `sparse`, references to blobs and children the repository lacks are
@@ -1362,6 +1491,7 @@ pub mod auth {
         let policy = ThrottlePolicy {
             attempts: 3,
             window_ms: 10_000,
+            delay_ms: 1_000,
             max_delay_ms: 5_000,
         };
         let key = |account: Option<&str>, addr: &str| ThrottleKey {

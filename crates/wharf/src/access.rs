@@ -23,6 +23,7 @@ pub async fn build(
         max_failed_logins: cfg.lockout.attempts,
         failed_login_window: cfg.lockout.window,
         max_unknown_logins: cfg.lockout.unknownattempts,
+        login_delay: cfg.lockout.delay,
         max_login_delay: cfg.lockout.maxdelay,
         ..Settings::default()
     };

@@ -92,6 +92,12 @@ enum Command {
         #[command(subcommand)]
         cmd: admin_cli::ThrottleCommand,
     },
+    /// Adopt a distribution (registry:2) root in place: record its
+    /// repositories, tags, manifests and blob links in the metadata store,
+    /// without copying a byte. Resumable and idempotent; prints what it
+    /// could not import. `wharf serve` also does it by itself, in the
+    /// background, when it finds such a root (storage.import.auto).
+    Import(ImportArgs),
     /// Query the audit log of a running server.
     Audit {
         #[command(flatten)]
@@ -138,6 +144,19 @@ struct GcArgs {
     untagged_age: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// A distribution-style config.yml (for the data directory).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory: distribution's rootdirectory.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Only read the root and report what would be imported.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration and print the effective settings (secrets
@@ -165,6 +184,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { file }) => check(file),
         Command::Gc(args) => gc(args),
+        Command::Import(args) => import(args),
         Command::User { remote, cmd } => admin_cli::user(remote, cmd),
         Command::Project { remote, cmd } => admin_cli::project(remote, cmd),
         Command::Repo {
@@ -220,6 +240,164 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Progress of an import: a bar on a terminal, else a log line now and then.
+struct ImportProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+    last_log: std::sync::Mutex<Instant>,
+}
+
+impl ImportProgressView {
+    fn new(terminal: bool) -> ImportProgressView {
+        let bar = terminal.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "importing {bar:40} {pos}/{len} repositories ({eta} left) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        ImportProgressView {
+            bar,
+            done: 0.into(),
+            total: 0.into(),
+            last_log: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl wharf_core::import::ImportProgress for ImportProgressView {
+    fn started(&self, repositories: u64) {
+        self.total
+            .store(repositories, std::sync::atomic::Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.set_length(repositories);
+        }
+    }
+
+    fn repository_done(&self, name: &str) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(b) = &self.bar {
+            b.set_message(name.to_owned());
+            b.inc(1);
+            return;
+        }
+        let Ok(mut last) = self.last_log.lock() else {
+            return;
+        };
+        if last.elapsed() >= std::time::Duration::from_secs(5) {
+            *last = Instant::now();
+            let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(done, total, "importing the distribution root");
+        }
+    }
+}
+
+fn print_import_report(r: &wharf_core::import::ImportReport) {
+    let verb = if r.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    println!(
+        "{verb} {} repositories ({} imported before), {} tags, {} manifests ({} Docker schema 1), {} blob links; {:.2} s",
+        r.repositories, r.already_imported, r.tags, r.manifests, r.schema1, r.blob_links, r.seconds
+    );
+    if r.problem_count > 0 {
+        println!("{} things were not imported as they are:", r.problem_count);
+        for p in &r.problems {
+            println!("  - {p}");
+        }
+        if r.problem_count > r.problems.len() as u64 {
+            println!(
+                "  ... and {} more",
+                r.problem_count - r.problems.len() as u64
+            );
+        }
+    }
+}
+
+/// `wharf import`: adopts the distribution root in the data directory.
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let path = config_path(args.config);
+    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
+    if let Some(d) = args.data {
+        cfg.storage.filesystem.rootdirectory = d;
+    }
+    init_logging(&cfg);
+    let root = cfg.storage.root().to_owned();
+    if wharf_core::import::distribution_root(&root).is_none() {
+        anyhow::bail!(
+            "{} holds no distribution root (docker/registry/v2/repositories): nothing to import",
+            root.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if !args.dry_run {
+        run_as::become_service_user(&root)?;
+    }
+    rt.block_on(async {
+        let meta: Arc<dyn wharf_meta::MetaStore> = if args.dry_run {
+            // A dry run writes nothing, not even a new database.
+            let dir = tempfile_dir()?;
+            Arc::new(
+                wharf_meta::sqlite::SqliteMeta::open(&dir.join("meta.db"))
+                    .await
+                    .context("opening a scratch database")?,
+            )
+        } else {
+            let (_, meta) = open_registry(&cfg).await?;
+            meta
+        };
+        use std::io::IsTerminal;
+        let view = ImportProgressView::new(std::io::stderr().is_terminal());
+        let report = wharf_core::import::import(&root, meta, args.dry_run, &view).await;
+        if let Some(b) = &view.bar {
+            b.finish_and_clear();
+        }
+        if args.dry_run {
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("wharf-import-{}", std::process::id())),
+            );
+        }
+        let report = report?;
+        print_import_report(&report);
+        Ok(())
+    })
+}
+
+/// A fresh private directory under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wharf-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Before anything may collect: a distribution root in the data directory
+/// that is not fully imported makes collections wait (see
+/// [`wharf_core::import`]).
+async fn note_distribution_root(
+    root: &Path,
+    meta: &dyn wharf_meta::MetaStore,
+) -> anyhow::Result<bool> {
+    if wharf_core::import::distribution_root(root).is_none() {
+        return Ok(false);
+    }
+    if meta.import_state().await? == Some(wharf_meta::ImportState::Complete) {
+        return Ok(false);
+    }
+    meta.set_import_state(wharf_meta::ImportState::Pending)
+        .await?;
+    Ok(true)
 }
 
 /// `wharf repo rm NAME --data DIR`: deletes a repository on the data
@@ -434,6 +612,7 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
     run_as::become_service_user(cfg.storage.root())?;
     rt.block_on(async {
         let (registry, meta) = open_registry(&cfg).await?;
+        note_distribution_root(cfg.storage.root(), meta.as_ref()).await?;
         // With access control on, the server keeps an audit log in the same
         // database: this collection's deletions belong there too.
         let audit = cfg
@@ -677,6 +856,45 @@ async fn run(cfg: Config, started: Instant) -> anyhow::Result<()> {
     let fresh = FreshDataDir::new(&root);
     run_as::become_service_user(&root)?;
     let (registry, meta) = open_registry(&cfg).await?;
+    if note_distribution_root(&root, meta.as_ref()).await? {
+        if cfg.storage.import.auto {
+            let (root, meta) = (root.clone(), meta.clone());
+            tracing::info!(
+                data = %root.display(),
+                "found a distribution root that is not fully imported: importing it in the \
+                 background (repositories appear as they are done; garbage collection waits \
+                 until it is complete)"
+            );
+            tokio::spawn(async move {
+                let view = ImportProgressView::new(false);
+                match wharf_core::import::import(&root, meta, false, &view).await {
+                    Ok(r) => {
+                        tracing::info!(
+                            repositories = r.repositories,
+                            tags = r.tags,
+                            manifests = r.manifests,
+                            blob_links = r.blob_links,
+                            problems = r.problem_count,
+                            seconds = r.seconds,
+                            "distribution root imported"
+                        );
+                        for p in &r.problems {
+                            tracing::warn!(problem = %p, "not imported as it is");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "importing the distribution root failed; run wharf import")
+                    }
+                }
+            });
+        } else {
+            tracing::warn!(
+                data = %root.display(),
+                "found a distribution root that is not fully imported and storage.import.auto \
+                 is off: run wharf import; garbage collection waits until then"
+            );
+        }
+    }
     let auth = access::build(&cfg.auth, meta.clone(), &root).await?;
     if auth.is_some()
         && cfg.http.tls.files().is_none()

@@ -157,6 +157,9 @@ impl TestRegistryBuilder {
                         // Unknown names get twice the allowance (as the
                         // defaults, 10 and 30, roughly do).
                         settings.max_unknown_logins = lockout_attempts.saturating_mul(2);
+                        // Blocks that outlast a slow test run (the default
+                        // first one is 1 s).
+                        settings.login_delay = std::time::Duration::from_secs(60);
                         wharf_auth::Mode::Builtin {
                             signer: Box::new(
                                 wharf_auth::token::Signer::load_or_create(

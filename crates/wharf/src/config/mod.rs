@@ -665,6 +665,9 @@ pub struct Lockout {
     /// Failed logins under user names that do not exist, per client
     /// address within `window` (default 30).
     pub unknownattempts: u32,
+    /// The first block, after `attempts` failures (default `1s`).
+    #[serde(with = "duration")]
+    pub delay: Duration,
     /// Each failure past the limit doubles the wait, up to this (default `1h`).
     #[serde(with = "duration")]
     pub maxdelay: Duration,
@@ -676,6 +679,7 @@ impl Default for Lockout {
             attempts: 10,
             window: Duration::from_secs(300),
             unknownattempts: 30,
+            delay: Duration::from_secs(1),
             maxdelay: Duration::from_secs(3600),
         }
     }
@@ -1283,6 +1287,12 @@ fn validate(c: &Config, report: &mut Report) {
     }
     if a.lockout.maxdelay < Duration::from_secs(1) {
         report.error("auth.lockout.maxdelay", "must be at least 1s");
+    }
+    if a.lockout.delay.is_zero() || a.lockout.delay > a.lockout.maxdelay {
+        report.error(
+            "auth.lockout.delay",
+            "must be more than 0 and at most auth.lockout.maxdelay",
+        );
     }
 }
 
