@@ -19,9 +19,10 @@ export WORK WHARF
 . "$HERE/gc.sh"
 . "$HERE/policy.sh"
 . "$HERE/import.sh"
+. "$HERE/oras.sh"
 
 CLIENTS=("$@")
-[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc policy import)
+[ ${#CLIENTS[@]} -eq 0 ] && CLIENTS=(skopeo podman buildah docker ctr diskfull auth gc policy import oras)
 
 cleanup() {
   stop_wharf; stop_dockerd; stop_containerd; stop_distribution
@@ -52,6 +53,11 @@ for c in "${CLIENTS[@]}"; do
     start_dockerd || { FAIL=$((FAIL + 1)); FAILED_NAMES+=(policy-dockerd); continue; }
     client_policy
     stop_dockerd
+    continue
+  fi
+  if [ "$c" = oras ]; then
+    echo "--- oras-py over https with htpasswd"
+    client_oras
     continue
   fi
   if [ "$c" = import ]; then

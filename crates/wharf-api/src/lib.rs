@@ -18,7 +18,8 @@ use axum::routing::{any, get};
 mod admin;
 mod auth;
 mod blobs;
-pub mod endpoint;
+pub mod drain;
+mod endpoint;
 pub mod error;
 mod limits;
 mod manifests;
@@ -163,6 +164,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     r.fallback(|| async { ApiError::new(ErrorCode::NotFound) })
         .with_state(state)
+        .layer(axum::middleware::from_fn(drain::drain_unread))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .layer(axum::middleware::from_fn(preflight))
         .layer(axum::middleware::from_fn(metrics::observe))

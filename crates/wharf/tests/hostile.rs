@@ -177,7 +177,9 @@ async fn a_thousand_stalled_uploads_starve_nobody() {
     const SOURCES: u8 = 8;
     const PER_SOURCE: usize = 130;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(dir.path(), "http:\n  timeouts:\n    bodyidle: 6s\n");
+    // Long enough that a slow setup (up to 5 s) and the pushes below fit
+    // inside it on a loaded machine.
+    let cfg = config_file(dir.path(), "http:\n  timeouts:\n    bodyidle: 12s\n");
     let server = Server::start(&dir.path().join("data"), &["--config", &cfg], &[]);
     let addr: SocketAddr = server.addr.parse().unwrap();
     let client = client();
