@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything the tests need, then every test: formatting and lints, unit and
 # property tests, API tests, contract suites, the crash and server tests, and
-# the end-to-end tests with real clients. Run as root on Debian (it installs
-# the clients with apt-get). Usage: scripts/test.sh
+# the end-to-end tests with real clients, and the container image with docker
+# and podman. Run as root on Debian (it installs the clients with apt-get).
+# Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils systemd)
+PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils systemd binutils iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,8 +24,16 @@ echo "--- cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "--- cargo test"
 cargo test --workspace --locked
-cargo build --release --locked -p wharf
+# One release build for everything below, statically linked (glibc with
+# crt-static; --target keeps the flag off build scripts and proc macros), so
+# the container image takes the very binary the other tests ran.
+echo "--- static release build"
+RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+  cargo build --release --locked -p wharf --target x86_64-unknown-linux-gnu
+WHARF_BIN=$PWD/target/x86_64-unknown-linux-gnu/release/wharf
 echo "--- systemd units"
-WHARF=$PWD/target/release/wharf tests/systemd/verify.sh
+WHARF=$WHARF_BIN tests/systemd/verify.sh
 echo "--- end-to-end tests with real clients"
-WHARF=$PWD/target/release/wharf tests/e2e/run.sh
+WHARF=$WHARF_BIN tests/e2e/run.sh
+echo "--- container image"
+WHARF_BIN=$WHARF_BIN tests/container/run.sh
