@@ -10,7 +10,9 @@ Scale with environment variables: BENCH_BLOB_MIB (1024), BENCH_REPOS (10000),
 BENCH_REPS (3), BENCH_SECONDS (10, per wrk/ab run), BENCH_GC_MANIFESTS (10000),
 BENCH_GC_QPS (2000, pulls per second while Wharf collects), BENCH_GC_REPS (5,
 collections of each registry),
-BENCH_ONLY (blobs, requests, catalog, memory, auth, gc).
+BENCH_IMPORT_REPOS (1000) and BENCH_IMPORT_TAGS (10, manifests per repository)
+for the import of a distribution root, BENCH_STALLED (1000 stalled uploads),
+BENCH_ONLY (blobs, requests, catalog, memory, auth, gc, import, stalled).
 
 The auth section has no distribution counterpart (distribution issues no
 tokens): it runs Wharf alone, pinned to one core, with and without
@@ -44,7 +46,10 @@ GC_QPS = int(os.environ.get("BENCH_GC_QPS", "2000"))
 # the next (1.1-5.7x its quiet value on the same code): more of them than
 # BENCH_REPS, for a median that holds from run to run.
 GC_REPS = int(os.environ.get("BENCH_GC_REPS", "5"))
-# Comma-separated subset of: blobs, requests, catalog, memory, auth, gc (default: all).
+IMPORT_REPOS = int(os.environ.get("BENCH_IMPORT_REPOS", "1000"))
+IMPORT_TAGS = int(os.environ.get("BENCH_IMPORT_TAGS", "10"))
+STALLED = int(os.environ.get("BENCH_STALLED", "1000"))
+# Comma-separated subset of: blobs, requests, catalog, memory, auth, gc, import, stalled (default: all).
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
@@ -672,6 +677,157 @@ def bench_gc(work):
                 remove_cgroup(d)
 
 
+def make_distribution_root(root, repos, per_repo):
+    """A distribution 2.8 root written as distribution lays it out: every
+    repository has `per_repo` tagged manifests (a config of its own and a
+    layer shared by all), with their link files."""
+    v2 = os.path.join(root, "docker/registry/v2")
+
+    def put_blob(data):
+        h = hashlib.sha256(data).hexdigest()
+        d = os.path.join(v2, "blobs/sha256", h[:2], h)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "data"), "wb") as f:
+            f.write(data)
+        return "sha256:" + h
+
+    def link(path, digest):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "link"), "w") as f:
+            f.write(digest)
+
+    layer = os.urandom(4096)
+    layer_d = put_blob(layer)
+    for r in range(repos):
+        repo = os.path.join(v2, "repositories", f"team{r % 50}", f"app{r}")
+        link(os.path.join(repo, "_layers/sha256", layer_d[7:]), layer_d)
+        for t in range(per_repo):
+            config = json.dumps({"architecture": "amd64", "os": "linux", "r": r, "t": t}).encode()
+            config_d = put_blob(config)
+            link(os.path.join(repo, "_layers/sha256", config_d[7:]), config_d)
+            manifest = json.dumps({
+                "schemaVersion": 2, "mediaType": DOCKER_V2,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": config_d, "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                            "digest": layer_d, "size": len(layer)}]}).encode()
+            m_d = put_blob(manifest)
+            link(os.path.join(repo, "_manifests/revisions/sha256", m_d[7:]), m_d)
+            link(os.path.join(repo, "_manifests/tags", f"v{t}", "current"), m_d)
+            link(os.path.join(repo, "_manifests/tags", f"v{t}", "index/sha256", m_d[7:]), m_d)
+
+
+def first_answer(port, path, t0, proc, deadline=120):
+    while time.monotonic() - t0 < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", path, headers={"Accept": DOCKER_V2})
+            r = c.getresponse()
+            r.read()
+            if r.status == 200:
+                return time.monotonic() - t0
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("server exited")
+        time.sleep(0.005)
+    raise RuntimeError(f"no answer to {path}")
+
+
+def bench_import(work):
+    """Adopting a distribution root: `wharf import` of IMPORT_REPOS
+    repositories with IMPORT_TAGS manifests each, and the time until a
+    server started on such a root answers (Wharf imports in the background;
+    distribution reads its files on each request)."""
+    total = IMPORT_REPOS * IMPORT_TAGS
+    src = os.path.join(work, "dist-root")
+    make_distribution_root(src, IMPORT_REPOS, IMPORT_TAGS)
+    last = f"/v2/team{(IMPORT_REPOS - 1) % 50}/app{IMPORT_REPOS - 1}/manifests/v{IMPORT_TAGS - 1}"
+    imports, first, first_last = [], {"wharf": [], "dist": []}, {"wharf": [], "dist": []}
+    for i in range(REPS):
+        root = os.path.join(work, f"import-{i}")
+        shutil.copytree(src, root, symlinks=True)
+        os.sync()
+        t0 = time.monotonic()
+        subprocess.run([WHARF, "import", "--data", root], check=True, capture_output=True)
+        imports.append(time.monotonic() - t0)
+        shutil.rmtree(root)
+        for kind in ("wharf", "dist"):
+            root = os.path.join(work, f"first-{kind}-{i}")
+            shutil.copytree(src, root, symlinks=True)
+            os.sync()
+            srv = Server(kind, work)
+            srv.data = root
+            t0 = time.monotonic()
+            srv.start()
+            first[kind].append(first_answer(srv.port, "/v2/", t0, srv.proc))
+            # Until the last repository of the root is served.
+            first_last[kind].append(first_answer(srv.port, last, t0, srv.proc))
+            srv.stop()
+            shutil.rmtree(root)
+    record(f"wharf import of {total} manifests in {IMPORT_REPOS} repositories", "s",
+           statistics.median(imports), float("nan"), "lower")
+    record("first answer on a root to import (/v2/)", "ms", statistics.median(first["wharf"]) * 1000,
+           statistics.median(first["dist"]) * 1000, "lower")
+    record("until its last image is served", "ms", statistics.median(first_last["wharf"]) * 1000,
+           statistics.median(first_last["dist"]) * 1000, "lower")
+    shutil.rmtree(src)
+
+
+def stall_uploads(srv, n):
+    """n uploads that sent their PATCH head and 1 KiB of a 100 MB body, and
+    stopped; the sockets stay open."""
+    import socket
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(f"POST /v2/stall/s{i % 20}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        loc = re.search(rb"(?i)location: (\S+)", head).group(1).decode()
+        loc = re.sub(r"^https?://[^/]+", "", loc)
+        s.sendall(f"PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                  f"Content-Length: 100000000\r\n\r\n".encode() + b"\0" * 1024)
+        socks.append(s)
+    return socks
+
+
+def bench_stalled(servers, work):
+    """Push and pull throughput of 64 MiB blobs, then the same with STALLED
+    uploads stalled mid-body (Wharf's body-idle timeout is 60 s by default,
+    longer than this takes)."""
+    size = 64
+    path = os.path.join(work, "stall-blob")
+    subprocess.run(["openssl", "rand", "-out", path, str(size << 20)], check=True)
+    digest = sha256_file(path)
+    out = {}
+    for s in servers:
+        for mode in ("quiet", "stalled"):
+            socks = stall_uploads(s, STALLED) if mode == "stalled" else []
+            pushes, pulls = [], []
+            try:
+                for i in range(REPS):
+                    loc = start_upload(s.conn(), f"stallbench/{mode}{i}")
+                    code, t = curl_time(["-X", "PUT", "-T", path, "-H", "Content-Type: application/octet-stream",
+                                         s.base + with_query(loc, "digest=" + digest)])
+                    assert code == 201, (s.kind, code)
+                    pushes.append(size / t)
+                    code, t = curl_time([f"{s.base}/v2/stallbench/{mode}{i}/blobs/{digest}"])
+                    assert code == 200, (s.kind, code)
+                    pulls.append(size / t)
+            finally:
+                for so in socks:
+                    so.close()
+            out[(s.kind, mode)] = (statistics.median(pushes), statistics.median(pulls))
+    for i, what in enumerate(("push", "pull")):
+        for mode in ("quiet", "stalled"):
+            label = f"{size} MiB {what}" + (f" with {STALLED} uploads stalled" if mode == "stalled" else "")
+            record(label, "MiB/s", out[("wharf", mode)][i], out[("dist", mode)][i], "higher")
+        log(f"  wharf {what}: stalled/quiet = {out[('wharf', 'stalled')][i] / out[('wharf', 'quiet')][i]:.2f}")
+    os.remove(path)
+
+
 def bench_memory(servers):
     size = 8 << 20
     blobs = [os.urandom(size) for _ in range(32)]
@@ -723,6 +879,12 @@ def main():
         if wanted("gc"):
             log("garbage collection")
             bench_gc(work)
+        if wanted("stalled"):
+            log("throughput with stalled uploads")
+            bench_stalled(servers, work)
+        if wanted("import"):
+            log("import of a distribution root")
+            bench_import(work)
         if wanted("auth"):
             log("access control (Wharf only, one core)")
             bench_auth(work)

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils systemd binutils iproute2)
+PACKAGES=(skopeo podman buildah containerd docker.io umoci busybox-static jq openssl curl ca-certificates iptables uidmap apache2-utils systemd binutils iproute2 docker-registry python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,7 +33,13 @@ RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
 WHARF_BIN=$PWD/target/x86_64-unknown-linux-gnu/release/wharf
 echo "--- systemd units"
 WHARF=$WHARF_BIN tests/systemd/verify.sh
+# oras-py, the OCI artifact client, from PyPI (pinned), in a venv of its own.
+ORAS_VENV=$PWD/target/oras-venv
+if ! "$ORAS_VENV/bin/python" -c 'import oras.client' 2>/dev/null; then
+  python3 -m venv "$ORAS_VENV"
+  "$ORAS_VENV/bin/pip" install -q oras==0.2.43
+fi
 echo "--- end-to-end tests with real clients"
-WHARF=$WHARF_BIN tests/e2e/run.sh
+ORAS_PYTHON=$ORAS_VENV/bin/python WHARF=$WHARF_BIN tests/e2e/run.sh
 echo "--- container image"
 WHARF_BIN=$WHARF_BIN tests/container/run.sh
