@@ -776,11 +776,13 @@ def bench_import(work):
 
 def stall_uploads(srv, n):
     """n uploads that sent their PATCH head and 1 KiB of a 100 MB body, and
-    stopped; the sockets stay open."""
+    stopped; the sockets stay open. They come from 127.0.0.2-9, as from eight
+    other machines (Wharf allows 256 uploads at once per client address;
+    the measuring client is 127.0.0.1)."""
     import socket
     socks = []
     for i in range(n):
-        s = socket.create_connection(("127.0.0.1", srv.port))
+        s = socket.create_connection(("127.0.0.1", srv.port), source_address=(f"127.0.0.{2 + i % 8}", 0))
         s.sendall(f"POST /v2/stall/s{i % 20}/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
