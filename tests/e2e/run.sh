@@ -3,7 +3,9 @@
 # pull, copy across repositories, push a multi-arch index, pull one platform
 # and delete, against `wharf serve` on a free loopback port, over HTTP and
 # over HTTPS with a throwaway CA; then log in to htpasswd and built-in
-# access control with each of them (auth.sh). Needs root and the clients installed
+# access control with each of them (auth.sh), free space (gc.sh), apply
+# project policies (policy.sh), adopt a distribution root written by Debian's
+# docker-registry (import.sh) and push artifacts with oras-py (oras.sh). Needs root and the clients installed
 # (scripts/test.sh installs them). Usage: run.sh [client...]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
