@@ -876,11 +876,7 @@ async fn clear_throttles(
             a.who.actor(),
             a.addr,
             "throttle.clear",
-            format!(
-                "account={} address={}",
-                account.unwrap_or("*"),
-                address.as_deref().unwrap_or("*")
-            ),
+            wharf_auth::throttle::clear_resource(account, address.as_deref()),
             "ok",
         )
         .await;

@@ -75,6 +75,15 @@ impl ThrottleEntry {
     }
 }
 
+/// How the audit log names a clearing of throttles (`*`: any).
+pub fn clear_resource(account: Option<&str>, addr: Option<&str>) -> String {
+    format!(
+        "account={} address={}",
+        account.unwrap_or("*"),
+        addr.unwrap_or("*")
+    )
+}
+
 /// What clearing throttles did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThrottlesCleared {

@@ -348,6 +348,42 @@ impl SqliteMeta {
     }
 }
 
+/// Stores a manifest (nothing if the repository has it) and its edges to the
+/// blobs and child manifests it references.
+fn insert_manifest<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    repo_id: i64,
+    m: &ManifestRecord,
+    blobs: impl Iterator<Item = &'a Digest>,
+    children: &[Digest],
+    now: i64,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        repo_id,
+        m.digest.as_str(),
+        m.media_type,
+        m.content.len() as i64,
+        m.content,
+        m.artifact_type,
+        m.subject.as_ref().map(|s| s.as_str()),
+        m.annotations,
+        now
+    ])?;
+    for b in blobs {
+        tx.prepare_cached("INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+            .execute(params![repo_id, m.digest.as_str(), b.as_str()])?;
+    }
+    for ch in children {
+        tx.prepare_cached("INSERT INTO manifest_children (repo_id, manifest_digest, child_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+            .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
+    }
+    Ok(())
+}
+
 /// Whether `owner` holds lease `name` at `now`.
 fn holds_lease(c: &Connection, name: &str, owner: &str, now: i64) -> Result<bool, MetaError> {
     Ok(
@@ -740,29 +776,7 @@ impl MetaStore for SqliteMeta {
             if let Some((project, limit)) = &checks.quota {
                 check_quota(&tx, project, *limit, repo_id, &m, &refs.blobs)?;
             }
-            tx.prepare_cached(
-                "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![
-                repo_id,
-                m.digest.as_str(),
-                m.media_type,
-                m.content.len() as i64,
-                m.content,
-                m.artifact_type,
-                m.subject.as_ref().map(|s| s.as_str()),
-                m.annotations,
-                now
-            ])?;
-            for b in &refs.blobs {
-                tx.prepare_cached("INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-                    .execute(params![repo_id, m.digest.as_str(), b.as_str()])?;
-            }
-            for ch in &refs.children {
-                tx.prepare_cached("INSERT INTO manifest_children (repo_id, manifest_digest, child_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-                    .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
-            }
+            insert_manifest(&tx, repo_id, &m, refs.blobs.iter(), &refs.children, now)?;
             for tag in &tags {
                 let previous: Option<String> = tx
                     .prepare_cached("SELECT manifest_digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
@@ -1405,31 +1419,10 @@ impl MetaStore for SqliteMeta {
                     .execute(params![repo_id, d.as_str(), now])?;
                 }
                 for (m, refs) in &batch.manifests {
-                    tx.prepare_cached(
-                        "INSERT INTO manifests (repo_id, digest, media_type, size, content, artifact_type, subject, annotations, created_at, untagged_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![
-                        repo_id,
-                        m.digest.as_str(),
-                        m.media_type,
-                        m.content.len() as i64,
-                        m.content,
-                        m.artifact_type,
-                        m.subject.as_ref().map(|s| s.as_str()),
-                        m.annotations,
-                        now
-                    ])?;
                     // The manifest's own blob file, kept while it exists.
                     blob(&tx, &m.digest, m.content.len() as u64)?;
-                    for b in refs.blobs.iter().chain(std::iter::once(&m.digest)) {
-                        tx.prepare_cached("INSERT INTO manifest_blobs (repo_id, manifest_digest, blob_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-                            .execute(params![repo_id, m.digest.as_str(), b.as_str()])?;
-                    }
-                    for ch in &refs.children {
-                        tx.prepare_cached("INSERT INTO manifest_children (repo_id, manifest_digest, child_digest) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-                            .execute(params![repo_id, m.digest.as_str(), ch.as_str()])?;
-                    }
+                    let own = std::iter::once(&m.digest);
+                    insert_manifest(&tx, repo_id, m, refs.blobs.iter().chain(own), &refs.children, now)?;
                 }
                 for (tag, d) in &batch.tags {
                     let held: Option<i64> = tx

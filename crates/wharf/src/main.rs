@@ -324,11 +324,7 @@ fn print_import_report(r: &wharf_core::import::ImportReport) {
 
 /// `wharf import`: adopts the distribution root in the data directory.
 fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let path = config_path(args.config);
-    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
-    if let Some(d) = args.data {
-        cfg.storage.filesystem.rootdirectory = d;
-    }
+    let cfg = local_config(args.config, args.data)?;
     init_logging(&cfg);
     let root = cfg.storage.root().to_owned();
     if wharf_core::import::distribution_root(&root).is_none() {
@@ -400,6 +396,32 @@ async fn note_distribution_root(
     Ok(true)
 }
 
+/// The configuration of a command that works on the data directory itself
+/// (`gc`, `import`, `repo rm --data`, `throttle clear --data`): the file (or
+/// REGISTRY_CONFIGURATION_PATH) and REGISTRY_* variables, with `--data`
+/// over the configured directory.
+fn local_config(config: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = config_path(config);
+    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
+    if let Some(d) = data {
+        cfg.storage.filesystem.rootdirectory = d;
+    }
+    Ok(cfg)
+}
+
+/// The database of a data directory Wharf has used; an error (creating
+/// nothing) for any other directory.
+fn existing_database(cfg: &Config) -> anyhow::Result<PathBuf> {
+    let db = cfg.storage.root().join("wharf/meta.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "{} holds no Wharf database: is this the data directory?",
+            cfg.storage.root().display()
+        );
+    }
+    Ok(db)
+}
+
 /// `wharf repo rm NAME --data DIR`: deletes a repository on the data
 /// directory, beside a running server or without one. With access control
 /// on, the audit log records it.
@@ -407,17 +429,8 @@ fn repo_rm_local(name: &str, config: Option<PathBuf>, data: Option<PathBuf>) -> 
     let repo: wharf_oci::RepoName = name
         .parse()
         .map_err(|_| anyhow::anyhow!("{name:?} is not a valid repository name"))?;
-    let path = config_path(config);
-    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
-    if let Some(d) = data {
-        cfg.storage.filesystem.rootdirectory = d;
-    }
-    if !cfg.storage.root().join("wharf/meta.db").exists() {
-        anyhow::bail!(
-            "{} holds no Wharf database: is this the data directory?",
-            cfg.storage.root().display()
-        );
-    }
+    let cfg = local_config(config, data)?;
+    existing_database(&cfg)?;
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -462,18 +475,8 @@ fn throttle_clear_local(
             anyhow::anyhow!("{a:?} is not an IP address (or an IPv6 /64 as listed)")
         })?),
     };
-    let path = config_path(config);
-    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
-    if let Some(d) = data {
-        cfg.storage.filesystem.rootdirectory = d;
-    }
-    let db = cfg.storage.root().join("wharf/meta.db");
-    if !db.exists() {
-        anyhow::bail!(
-            "{} holds no Wharf database: is this the data directory?",
-            cfg.storage.root().display()
-        );
-    }
+    let cfg = local_config(config, data)?;
+    let db = existing_database(&cfg)?;
     init_logging(&cfg);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -493,11 +496,7 @@ fn throttle_clear_local(
             format!("local:{}", local_user()),
             None,
             "throttle.clear",
-            format!(
-                "account={} address={}",
-                account.unwrap_or("*"),
-                address.as_deref().unwrap_or("*")
-            ),
+            wharf_auth::throttle::clear_resource(account, address.as_deref()),
             "ok",
         )
         .await;
@@ -580,11 +579,7 @@ fn gc(args: GcArgs) -> anyhow::Result<()> {
     // its start-up and runtime threads (which inherit this) yield to it too,
     // not only the collection's SQL and deletions.
     wharf_background::lower_this_thread();
-    let path = config_path(args.config);
-    let (mut cfg, _) = config::load(path.as_deref(), &env_vars())?.into_config()?;
-    if let Some(d) = args.data {
-        cfg.storage.filesystem.rootdirectory = d;
-    }
+    let cfg = local_config(args.config, args.data)?;
     let grace = match args.grace {
         Some(g) => config::parse_duration(&g).context("--grace")?,
         None => cfg.storage.maintenance.gc.grace,
